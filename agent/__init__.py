@@ -1,0 +1,1 @@
+"""The phone's provisioning agent: sans-IO protocol cores (`agent.wire`) and one client module per stage."""
