@@ -43,7 +43,19 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "The DHCPACK names no registrar (option 120) and no SRV fallback answered.",
         _FIX_DHCP,
     ),
+    (Stage.DHCP_INFORM, "OPT120_ADDRESSES"): (
+        "Option 120 lists IP addresses; a Lync phone needs the registrar's name (TLS checks it).",
+        "Serve option 120 with encoding 0 (domain names), e.g. `phoneprov dhcp-config`.",
+    ),
     (Stage.DHCP_INFORM, "*"): ("DHCP discovery of the pool failed.", _FIX_DHCP),
+    (Stage.TIME, "KOD"): (
+        "The time server sent a Kiss-o'-Death (it refuses to serve this phone).",
+        "Point option 42 at a time server that serves the voice network, or lift its rate limit.",
+    ),
+    (Stage.TIME, "UNSYNCHRONISED"): (
+        "The time server is not synchronised itself (leap indicator 3 or stratum 16).",
+        "Fix the time server's own upstream synchronisation.",
+    ),
     (Stage.TIME, "*"): (
         "No time server answered (option 42, _ntp._udp SRV and the fallback were all unreachable).",
         "Serve option 42 or publish _ntp._udp.<domain>; check UDP 123 is open to the time source.",
@@ -60,6 +72,18 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
     (Stage.ROOT_CHAIN, "CHAIN_INVALID"): (
         "The Web Services certificate chain reaches a shipped root but is not valid (dates, name, usage).",
         "Check the phone's clock and the web certificate's validity, SAN (pool FQDN) and serverAuth usage.",
+    ),
+    (Stage.ROOT_CHAIN, "CHAIN_REFUSED"): (
+        "The Web Services offered an abusive chain (too many intermediates) and the phone refused it.",
+        "Serve only the web server's issuing chain (a few CA certificates) from the Web Services.",
+    ),
+    (Stage.ROOT_CHAIN, "NO_ANCHORS"): (
+        "The phone image has no usable shipped roots.",
+        "Rebuild the shipped roots (`make certs`) and add the lab root (`phoneprov certs add-root`).",
+    ),
+    (Stage.ROOT_CHAIN, "TLS"): (
+        "The TLS connection to the Web Services failed before the chain could be judged.",
+        "Check the Web Services' HTTPS port (opt 43 sub-option 4) is reachable and speaks TLS 1.2+.",
     ),
     (Stage.ROOT_CHAIN, "*"): (
         "The Web Services certificate could not be checked.",

@@ -1,0 +1,84 @@
+"""Stage TIME: measure the clock offset with SNTP before any certificate is checked.
+
+Order (protocol.md §4): DHCP option 42 servers, then the configured fallback (``time.windows.com`` in the
+field, a lab host here). Three tries per server; no answer anywhere fails the stage — no TLS is attempted
+with an unsynchronised clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agent.clocks import Clock, OffsetClock
+from agent.net import Resolver, UdpEndpoint
+from agent.stages import Stage, StageError, WireError
+from agent.wire import sntp
+
+
+@dataclass(frozen=True)
+class TimeConfig:
+    port: int = 123
+    tries: int = 3
+    timeout_s: float = 1.0
+    fallback: tuple[str, ...] = ("time.windows.com",)
+    max_offset_s: float = 10 * 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class TimeSync:
+    server: str
+    offset_s: float
+    delay_s: float
+    clock: OffsetClock
+
+
+def sync_time(
+    servers: Sequence[str],
+    cfg: TimeConfig,
+    clock: Clock,
+    resolver: Resolver,
+    endpoint: Callable[[], UdpEndpoint] = UdpEndpoint,
+) -> TimeSync:
+    """Ask each candidate in order; the first good SNTP reply sets the phone's clock offset."""
+    candidates = [*servers, *(f for f in cfg.fallback if f not in servers)]
+    errors: list[str] = []
+    for name in candidates:
+        try:
+            address = resolver.resolve(name)
+        except OSError as exc:
+            errors.append(str(exc))
+            continue
+        with endpoint() as ep:
+            result = _ask(ep, name, (address, cfg.port), cfg, clock, errors)
+        if result is not None:
+            return result
+    tried = ", ".join(candidates) or "no server"
+    last = f" (last: {errors[-1]})" if errors else ""
+    raise StageError(Stage.TIME, "NO_ANSWER", f"no SNTP answer from {tried}{last}")
+
+
+def _ask(
+    ep: UdpEndpoint, name: str, addr: tuple[str, int], cfg: TimeConfig, clock: Clock, errors: list[str]
+) -> TimeSync | None:
+    for _ in range(cfg.tries):
+        t1 = clock.now().timestamp()
+        request = sntp.build_request(t1)
+        sent_tx = sntp.decode(request).tx_ts
+        ep.send(request, addr)
+        got = ep.recv(cfg.timeout_s)
+        t4 = clock.now().timestamp()
+        if got is None:
+            errors.append(f"{name}: timeout")
+            continue
+        try:
+            reply = sntp.parse_reply(got[0], sent_tx)
+        except WireError as exc:
+            errors.append(f"{name}: {exc.detail}")
+            continue
+        offset, delay = sntp.offset_delay(t1, sntp.from_ntp(reply.recv_ts), sntp.from_ntp(reply.tx_ts), t4)
+        if abs(offset) > cfg.max_offset_s:
+            errors.append(f"{name}: offset {offset:.0f} s is implausible")
+            continue
+        return TimeSync(name, offset, delay, OffsetClock(clock, offset))
+    return None

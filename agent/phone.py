@@ -1,0 +1,222 @@
+"""One phone's sign-in: the stages of protocol.md §2 in order, each timed, the first failure diagnosed.
+
+No persistence here (boot/ owns state): the new key is handed to ``on_key`` *before* the CSR is sent, so a
+caller can store it (0600, atomically) and a certificate is never issued for a key the phone lost.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agent import enroll, ticket
+from agent.clock import TimeConfig, TimeSync, sync_time
+from agent.clocks import Clock
+from agent.diagnosis import Diagnosis, diagnose
+from agent.discovery import Discovery, DiscoveryConfig, discover
+from agent.net import PhoneHttp, Resolver, trust_context
+from agent.stages import AgentError, Stage, StageResult
+from agent.trust import TrustResult, establish_trust
+from agent.truststore import TrustStore
+
+T = TypeVar("T")
+PROVISIONING_STAGES = (
+    Stage.DHCP_INFORM,
+    Stage.TIME,
+    Stage.ROOT_CHAIN,
+    Stage.WEB_TICKET,
+    Stage.CERT_REQUEST,
+    Stage.CERT_PUBLISH,
+)
+
+
+@dataclass(frozen=True)
+class PhoneConfig:
+    """What a phone knows before it boots: the user's entry (number + PIN) and how to reach the lab."""
+
+    username: str
+    pin: str = field(repr=False)
+    device_id: str
+    sip_uri: str | None = None
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
+    anon_http_port: int = 80
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    http_timeout_s: float = 10.0
+    key_bits: int = 2048
+
+
+@dataclass
+class _Progress:
+    """What the sequence has learned so far (internal, mutable while the stages run)."""
+
+    discovery: Discovery | None = None
+    time_sync: TimeSync | None = None
+    trust: TrustResult | None = None
+    sip_uri: str | None = None
+    key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
+    certificate: x509.Certificate | None = None
+
+
+@dataclass(frozen=True)
+class PhoneRun:
+    results: tuple[StageResult, ...]
+    diagnosis: Diagnosis | None
+    discovery: Discovery | None = None
+    time_sync: TimeSync | None = None
+    trust: TrustResult | None = None
+    sip_uri: str | None = None
+    key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
+    certificate: x509.Certificate | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.diagnosis is None
+
+
+class _Failed(Exception):
+    """Internal: a stage failed and has been recorded; stop the sequence."""
+
+
+class Phone:
+    def __init__(
+        self,
+        cfg: PhoneConfig,
+        trust: TrustStore,
+        clock: Clock,
+        on_key: Callable[[rsa.RSAPrivateKey], object] | None = None,
+        on_stage: Callable[[StageResult], None] | None = None,
+    ) -> None:
+        self.cfg, self.trust, self.clock = cfg, trust, clock
+        self.on_key, self.on_stage = on_key, on_stage
+        self.results: list[StageResult] = []
+        self.error: AgentError | None = None
+        self.resolver = Resolver({k.lower(): v for k, v in cfg.hosts.items()})
+
+    def run(self) -> PhoneRun:
+        """Run DHCP_INFORM … CERT_PUBLISH; stages after a failure are recorded as skipped."""
+        progress = _Progress()
+        http = PhoneHttp(self.resolver, self.cfg.http_timeout_s)
+        try:
+            self._provision(http, progress)
+        except _Failed:
+            done = {r.stage for r in self.results}
+            for stage in PROVISIONING_STAGES:
+                if stage not in done:
+                    self._record(StageResult(stage, "skipped", detail="not reached"))
+        finally:
+            http.close()
+        return PhoneRun(
+            results=tuple(self.results),
+            diagnosis=diagnose(self.error) if self.error else None,
+            discovery=progress.discovery,
+            time_sync=progress.time_sync,
+            trust=progress.trust,
+            sip_uri=progress.sip_uri,
+            key=progress.key,
+            certificate=progress.certificate,
+        )
+
+    def _provision(self, http: PhoneHttp, p: _Progress) -> None:
+        cfg = self.cfg
+        found = p.discovery = self._stage(
+            Stage.DHCP_INFORM,
+            lambda: discover(cfg.discovery, self.clock, lambda: random.getrandbits(32)),
+            lambda d: f"{d.source} ({d.answered_by or 'config'}): {d.certprov_url}; registrar {d.registrar_fqdn}",
+        )
+        synced = p.time_sync = self._stage(
+            Stage.TIME,
+            lambda: sync_time(found.ntp_servers, cfg.time, self.clock, self.resolver),
+            lambda t: f"{t.server}: offset {t.offset_s:+.3f} s, delay {t.delay_s * 1000:.1f} ms",
+        )
+        now = synced.clock.now
+        trusted = p.trust = self._stage(
+            Stage.ROOT_CHAIN,
+            lambda: establish_trust(self.trust, http, found.certprov_url, now(), cfg.anon_http_port),
+            _describe_chain,
+        )
+        http.set_trust(trust_context(trusted.bundle_pem))
+        for attempt in (1, 2):
+            held = self._stage(
+                Stage.WEB_TICKET,
+                lambda: ticket.request_ticket(
+                    http, ticket.find_endpoints(http, found.certprov_url), cfg.username, cfg.pin, cfg.sip_uri
+                ),
+                lambda t: f"ticket for {t.sip_uri}, valid until {t.expires:%Y-%m-%d %H:%M}Z",
+            )
+            p.sip_uri = held.sip_uri
+            key = p.key = enroll.generate_key(cfg.key_bits)
+            if self.on_key:
+                self.on_key(key)
+            csr = enroll.build_csr(key, held.sip_uri)
+            try:
+                cert_der, request_id = self._stage(
+                    Stage.CERT_REQUEST,
+                    lambda: enroll.get_and_publish(http, held, csr, cfg.device_id),
+                    lambda r: f"GetAndPublishCert accepted: RSA {cfg.key_bits} CSR, request {r[1]}",
+                    retry_ticket=attempt == 1,
+                )
+            except enroll.TicketRejected:
+                continue
+            p.certificate = self._stage(
+                Stage.CERT_PUBLISH,
+                lambda: enroll.check_issued(cert_der, key, held.sip_uri, self.trust, trusted.intermediates, now()),
+                lambda c: f"published to the home pool and returned: serial {c.serial_number:032x}",
+            )
+            return
+
+    def _stage(
+        self, stage: Stage, work: Callable[[], T], describe: Callable[[T], str], *, retry_ticket: bool = False
+    ) -> T:
+        """Run one stage's work, time it, record one status line; raise _Failed after a recorded failure.
+
+        An error naming a *later* stage (3005 arrives as the answer to CERT_REQUEST but is CERT_PUBLISH's
+        failure) records this stage as ok first, so the status shows exactly where sign-in stopped.
+        """
+        start = self.clock.monotonic()
+        try:
+            value = work()
+        except enroll.TicketRejected as exc:
+            self._record(StageResult(stage, "failed", exc.code, exc.detail, self._ms(start)))
+            if retry_ticket:
+                raise
+            self._stop(exc)
+        except AgentError as exc:
+            failed = exc.stage or stage
+            if failed is not stage and _order(failed) > _order(stage):
+                self._record(StageResult(stage, "ok", None, "request accepted by the pool", self._ms(start)))
+            self._record(StageResult(failed, "failed", exc.code, exc.detail, self._ms(start)))
+            self._stop(exc)
+        self._record(StageResult(stage, "ok", None, describe(value), self._ms(start)))
+        return value
+
+    def _stop(self, exc: AgentError) -> NoReturn:
+        self.error = exc
+        raise _Failed from None
+
+    def _record(self, result: StageResult) -> None:
+        self.results.append(result)
+        if self.on_stage:
+            self.on_stage(result)
+
+    def _ms(self, start: float) -> float:
+        return (self.clock.monotonic() - start) * 1000.0
+
+
+def _order(stage: Stage) -> int:
+    return list(Stage).index(stage)
+
+
+def _describe_chain(t: TrustResult) -> str:
+    path = " <- ".join(_cn(c) for c in t.validated.path)
+    return f"{path} (shipped root); {len(t.downloaded)} downloaded"
+
+
+def _cn(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()

@@ -1,0 +1,105 @@
+"""A real lab pool on loopback (free ports, temp state) and a phone factory for end-to-end tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+import certs
+from agent.clock import TimeConfig
+from agent.clocks import SystemClock
+from agent.discovery import DiscoveryConfig
+from agent.phone import Phone, PhoneConfig, PhoneRun
+from agent.truststore import TrustStore
+from boot.store import StateStore
+from tools.pool.config import Ports, PoolConfig
+from tools.pool.node import PoolNode
+from tools.pool.pinpolicy import PinPolicy
+
+ALICE = "sip:alice@lab.test"
+ALICE_NUMBER = "+14255550123"
+ALICE_PIN = "80613"
+BOB = "sip:bob@lab.test"
+BOB_PIN = "52907"
+
+
+class ShiftedClock(SystemClock):
+    """The system clock, shifted by a settable amount: lets a test age tickets without sleeping."""
+
+    def __init__(self) -> None:
+        self.shift = timedelta()
+
+    def now(self) -> datetime:
+        return super().now() + self.shift
+
+
+@dataclass
+class Lab:
+    node: PoolNode
+    clock: ShiftedClock
+    root: Path
+
+    def phone_config(self, username: str = ALICE_NUMBER, pin: str = ALICE_PIN, **kw: object) -> PhoneConfig:
+        ports = self.node.ports
+        cfg = PhoneConfig(
+            username=username,
+            pin=pin,
+            device_id="{" + str(uuid.uuid4()).upper() + "}",
+            discovery=DiscoveryConfig(
+                ciaddr=IPv4Address("127.0.0.1"), server=("127.0.0.1", ports.dhcp), bind=("127.0.0.1", 0),
+                interval_s=1.0,
+            ),
+            time=TimeConfig(port=ports.sntp, fallback=(), timeout_s=1.0),
+            anon_http_port=ports.http,
+            hosts={self.node.cfg.fqdn: "127.0.0.1"},
+            key_bits=2048,
+        )
+        return replace(cfg, **kw)  # type: ignore[arg-type]
+
+    def trust(self, with_lab_root: bool = True) -> TrustStore:
+        roots = self.root / "phone-roots"
+        roots.mkdir(exist_ok=True)
+        for old in roots.glob("*.pem"):
+            old.unlink()
+        if with_lab_root:
+            (roots / "lab-root.pem").write_bytes(self.node.ca.root.public_bytes(Encoding.PEM))
+        return TrustStore.from_pem_files(certs.anchor_files(extra_dirs=(roots,)))
+
+    def boot(self, cfg: PhoneConfig | None = None, trust: TrustStore | None = None) -> PhoneRun:
+        state = StateStore(self.root / "phone-state")
+        phone = Phone(cfg or self.phone_config(), trust or self.trust(), SystemClock(), on_key=state.save_key)
+        return phone.run()
+
+    @property
+    def logs(self) -> Path:
+        return self.node.cfg.state_dir / "logs"
+
+
+def start_lab(tmp: Path, **cfg_changes: object) -> Lab:
+    clock = ShiftedClock()
+    cfg = PoolConfig(
+        state_dir=tmp / "pool",
+        ports=Ports(0, 0, 0, 0),
+        store_timeout_s=0.5,
+        pin_policy=PinPolicy(max_logon_attempts=3),
+    )
+    node = PoolNode(replace(cfg, **cfg_changes), clock).start()  # type: ignore[arg-type]
+    node.add_user(ALICE, "tel:+14255550123;ext=123", ALICE_PIN, "Alice")
+    node.add_user(BOB, "tel:+14255550124;ext=124", BOB_PIN, "Bob")
+    return Lab(node, clock, tmp)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = start_lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.node.stop()

@@ -1,0 +1,143 @@
+"""`phoneprov demo`: a lab pool on loopback and an emulated phone signing in, every stage shown.
+
+With ``--fault`` the demo shows one field failure of design.md §1, checks that the phone's diagnosis names
+the right stage and code, then repairs the fault and boots the phone again (the field's power-cycle) to
+show the recovery. The exit status is non-zero only when a sign-in that should work fails or a fault is
+diagnosed wrongly — so CI and lab scripts can rely on it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+import certs
+from agent.clock import TimeConfig
+from agent.clocks import SystemClock
+from agent.discovery import DiscoveryConfig
+from agent.phone import Phone, PhoneConfig, PhoneRun
+from agent.stages import Stage
+from agent.truststore import TrustStore
+from boot.store import StateStore
+from tools.pool.config import Ports, PoolConfig
+from tools.pool.node import PoolNode
+from tools.pool.store.sqlite import StoreBlocker
+
+FAULTS = ("datastore", "chain")
+DEMO_USER = "sip:alice@lab.test"
+DEMO_LINE = "tel:+14255550123;ext=123"
+DEMO_NUMBER = "+14255550123"
+DEMO_PIN = "80613"
+EXPECTED = {"datastore": (Stage.CERT_PUBLISH, "3005"), "chain": (Stage.ROOT_CHAIN, "CHAIN_INCOMPLETE")}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    title: str
+    run: PhoneRun
+    published: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    fault: str | None
+    attempts: tuple[Attempt, ...]
+    diagnosis_correct: bool | None
+    pool: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        if self.fault is None:
+            return 0 if self.attempts[-1].run.ok else 1
+        return 0 if self.diagnosis_correct and self.attempts[-1].run.ok else 1
+
+
+def run_demo(
+    fault: str | None,
+    workdir: Path | None = None,
+    on_event: Callable[[str, object], None] = lambda kind, value: None,
+    store_timeout_s: float = 1.5,
+) -> DemoOutcome:
+    """Start the pool, boot the phone (twice with a fault: broken, then repaired) and report."""
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+    with _workdir(workdir) as root:
+        cfg = PoolConfig(
+            state_dir=root / "pool",
+            ports=Ports(dhcp=0, sntp=0, http=0, https=0),
+            store_timeout_s=store_timeout_s,
+            incomplete_chain=fault == "chain",
+        )
+        with PoolNode(cfg) as node:
+            node.add_user(DEMO_USER, DEMO_LINE, DEMO_PIN, "Alice (demo)")
+            on_event("pool", node)
+            if fault is None:
+                return DemoOutcome(None, (_boot("sign-in", node, root, on_event),), None, _pool_info(cfg))
+            if fault == "datastore":
+                with StoreBlocker(cfg.store):
+                    first = _boot("data store unavailable", node, root, on_event)
+                on_event("repair", "the data store is back")
+                second = _boot("phone power-cycled", node, root, on_event)
+            else:
+                first = _boot("web chain served without its issuing CA", node, root, on_event)
+        if fault == "chain":
+            on_event("repair", "pool restarted serving the full chain")
+            with PoolNode(replace(cfg, incomplete_chain=False)) as node:
+                on_event("pool", node)
+                second = _boot("phone power-cycled", node, root, on_event)
+    diag = first.run.diagnosis
+    correct = diag is not None and (diag.stage, diag.code) == EXPECTED[fault] and not first.published
+    on_event("verdict", correct)
+    return DemoOutcome(fault, (first, second), correct, _pool_info(cfg))
+
+
+def _pool_info(cfg: PoolConfig) -> dict[str, Any]:
+    return {"fqdn": cfg.fqdn, "node": cfg.node, "store": cfg.store}
+
+
+def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, object], None]) -> Attempt:
+    on_event("attempt", title)
+    phone_dir = root / "phone"
+    lab_roots = phone_dir / "roots"
+    lab_roots.mkdir(parents=True, exist_ok=True)
+    (lab_roots / "lab-root.pem").write_bytes(node.ca.root.public_bytes(Encoding.PEM))
+    trust = TrustStore.from_pem_files(certs.anchor_files(extra_dirs=(lab_roots,)))
+    ports = node.ports
+    cfg = PhoneConfig(
+        username=DEMO_NUMBER,
+        pin=DEMO_PIN,
+        device_id="{" + str(uuid.uuid5(uuid.NAMESPACE_DNS, "demo-phone.lab.test")).upper() + "}",
+        discovery=DiscoveryConfig(
+            ciaddr=IPv4Address("127.0.0.1"), server=("127.0.0.1", ports.dhcp), bind=("127.0.0.1", 0), interval_s=1.0
+        ),
+        time=TimeConfig(port=ports.sntp, fallback=()),
+        anon_http_port=ports.http,
+        hosts={node.cfg.fqdn: "127.0.0.1"},
+    )
+    state = StateStore(phone_dir / "state")
+    phone = Phone(cfg, trust, SystemClock(), on_key=state.save_key, on_stage=lambda r: on_event("stage", r))
+    run = phone.run()
+    if run.certificate is not None:
+        state.save_certificate(run.certificate)
+    published = tuple(c.as_row() for c in node.store.certificates(DEMO_USER))
+    attempt = Attempt(title, run, published)
+    on_event("result", attempt)
+    return attempt
+
+
+@contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="phoneprov-demo-") as tmp:
+        yield Path(tmp)

@@ -1,0 +1,73 @@
+"""The Web Ticket service's PIN endpoint (protocol.md §6.3–6.5): PIN policy → SAML ticket + server entropy."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from agent.stages import Stage, WireError
+from agent.wire import webticket
+from tools.pool.errors import PoolError, StoreUnavailable
+from tools.pool.pinpolicy import PinAuthError, PinPolicy, authenticate
+from tools.pool.provlog import ProvisioningLog, ProvRecord
+from tools.pool.store.contract import Store
+from tools.pool.tickets import TicketCache, TicketRecord
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    detail: str = ""
+
+
+class WebTicketService:
+    def __init__(
+        self,
+        store: Store,
+        policy: PinPolicy,
+        tickets: TicketCache,
+        issuer: Callable[[], str],
+        fqdn: str,
+        lifetime: timedelta,
+        now: Callable[[], datetime],
+        log: ProvisioningLog,
+    ) -> None:
+        self.store, self.policy, self.tickets = store, policy, tickets
+        self.issuer, self.fqdn, self.lifetime = issuer, fqdn, lifetime
+        self.now, self.log = now, log
+
+    def pin(self, body: bytes) -> Reply:
+        """POST …/Pin: authenticate number + PIN; a refusal is a SOAP fault with X-Ms-diagnostics."""
+        try:
+            rst = webticket.parse_rst(body)
+        except WireError as exc:
+            return self._fault(webticket.TicketFaultCode.INTERNAL, f"bad request: {exc.detail}", "-")
+        at = self.now()
+        try:
+            user = authenticate(self.store, self.policy, rst.username, rst.password, rst.claims_uri, at)
+        except PinAuthError as exc:
+            return self._fault(webticket.TicketFaultCode(int(exc.code)), exc.detail, rst.username)
+        except StoreUnavailable as exc:
+            return self._fault(webticket.TicketFaultCode.INTERNAL, exc.detail, rst.username)
+        except PoolError as exc:
+            return self._fault(webticket.TicketFaultCode.INTERNAL, exc.detail, rst.username)
+        server_entropy = secrets.token_bytes(32)
+        assertion_id = f"SamlSecurityToken-{uuid.uuid4()}"
+        key = webticket.proof_key(rst.client_entropy, server_entropy)
+        self.tickets.put(TicketRecord(assertion_id, user.sip_uri, key, at, at + self.lifetime))
+        self.log.record(ProvRecord(user.sip_uri, "-", Stage.WEB_TICKET, "ok", "", assertion_id, "ticket issued"))
+        body_out = webticket.build_rstr(
+            rst.context, assertion_id, self.issuer(), user.sip_uri, at, self.lifetime, server_entropy
+        )
+        return Reply(200, body_out, (("Content-Type", "text/xml; charset=utf-8"),), "ticket issued")
+
+    def _fault(self, code: webticket.TicketFaultCode, reason: str, who: str) -> Reply:
+        body, diag = webticket.build_ticket_fault(code, reason, self.fqdn)
+        self.log.record(ProvRecord(who, "-", Stage.WEB_TICKET, "failed", str(int(code)), "-", reason))
+        headers = (("Content-Type", "text/xml; charset=utf-8"), ("X-Ms-diagnostics", diag))
+        return Reply(500, body, headers, f"{int(code)} {reason}")
