@@ -30,7 +30,10 @@ _FIX_DHCP = (
 
 # (stage, code) → (problem, remedy). Code "*" is the stage's fallback.
 _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
-    (Stage.NET, "*"): ("The phone has no usable network link or address.", "Check cabling, link and DHCP lease."),
+    (Stage.NET, "*"): (
+        "The phone has no usable network link or address.",
+        "Check cabling, link and DHCP lease.",
+    ),
     (Stage.DHCP_INFORM, "NO_ANSWER"): (
         "Unable to locate Lync Certificate Web service: no DHCPACK to the DHCPINFORM.",
         _FIX_DHCP,
@@ -119,7 +122,10 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "The certificate was requested for another user than the ticket's.",
         "Request the certificate for the SIP URI the web ticket names.",
     ),
-    (Stage.CERT_REQUEST, "3003"): ("The certificate request was malformed.", "Check the phone's CSR and SOAP."),
+    (Stage.CERT_REQUEST, "3003"): (
+        "The certificate request was malformed.",
+        "Check the phone's CSR and SOAP.",
+    ),
     (Stage.CERT_REQUEST, "3004"): (
         "The CSR key size is outside the pool's MinCSRKeySize..MaxCSRKeySize.",
         "Use an RSA key size the pool accepts (2048 by default).",

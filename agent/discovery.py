@@ -23,7 +23,7 @@ from agent.wire import dhcp
 class DiscoveryConfig:
     """Where to ask, and what to skip asking for."""
 
-    ciaddr: IPv4Address = IPv4Address("0.0.0.0")
+    ciaddr: IPv4Address = field(default_factory=lambda: IPv4Address("0.0.0.0"))
     chaddr: bytes = b"\x02\x00\x00\x00\x00\x01"
     server: tuple[str, int] = ("255.255.255.255", 67)
     bind: tuple[str, int] = ("0.0.0.0", 68)
@@ -59,7 +59,13 @@ def discover(
     """Run stage DHCP_INFORM; raises StageError(DHCP_INFORM, NO_ANSWER | NO_OPTION_43 | ...)."""
     if cfg.certprov_url and cfg.registrar_fqdn:
         return Discovery(
-            cfg.certprov_url, cfg.registrar_fqdn, cfg.ntp_servers, (), cfg.domain, source="config", informs_sent=0
+            cfg.certprov_url,
+            cfg.registrar_fqdn,
+            cfg.ntp_servers,
+            (),
+            cfg.domain,
+            source="config",
+            informs_sent=0,
         )
     make = endpoint or _default_endpoint
     with make(cfg) as ep:

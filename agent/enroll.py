@@ -100,7 +100,7 @@ def check_issued(
     """The returned certificate must carry our public key and SIP URI and chain to the CertProv CA."""
     try:
         cert = x509.load_der_x509_certificate(cert_der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise _bad("the returned token is not a DER certificate") from None
     ours = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != ours:

@@ -94,7 +94,9 @@ def trust_context(bundle_pem: bytes) -> ssl.SSLContext:
 class PhoneHttp:
     """HTTP(S) for the phone's stages: bounded bodies, timeouts, and failures mapped to the caller's stage."""
 
-    def __init__(self, resolver: Resolver, timeout_s: float = 10.0, trust: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, resolver: Resolver, timeout_s: float = 10.0, trust: ssl.SSLContext | None = None
+    ) -> None:
         self.resolver = resolver
         self.timeout_s = timeout_s
         self._session = requests.Session()

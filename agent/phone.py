@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NoReturn, TypeVar
 
 from cryptography import x509
@@ -127,7 +128,9 @@ class Phone:
         found = p.discovery = self._stage(
             Stage.DHCP_INFORM,
             lambda: discover(cfg.discovery, self.clock, lambda: random.getrandbits(32)),
-            lambda d: f"{d.source} ({d.answered_by or 'config'}): {d.certprov_url}; registrar {d.registrar_fqdn}",
+            lambda d: (
+                f"{d.source} ({d.answered_by or 'config'}): {d.certprov_url}; registrar {d.registrar_fqdn}"
+            ),
         )
         synced = p.time_sync = self._stage(
             Stage.TIME,
@@ -141,34 +144,55 @@ class Phone:
             _describe_chain,
         )
         http.set_trust(trust_context(trusted.bundle_pem))
-        for attempt in (1, 2):
-            held = self._stage(
-                Stage.WEB_TICKET,
-                lambda: ticket.request_ticket(
-                    http, ticket.find_endpoints(http, found.certprov_url), cfg.username, cfg.pin, cfg.sip_uri
-                ),
-                lambda t: f"ticket for {t.sip_uri}, valid until {t.expires:%Y-%m-%d %H:%M}Z",
-            )
-            p.sip_uri = held.sip_uri
-            key = p.key = enroll.generate_key(cfg.key_bits)
-            if self.on_key:
-                self.on_key(key)
-            csr = enroll.build_csr(key, held.sip_uri)
+        for attempt in (1, 2):  # ErrorInfo 3001: discard the ticket and get a new one, once
             try:
-                cert_der, request_id = self._stage(
-                    Stage.CERT_REQUEST,
-                    lambda: enroll.get_and_publish(http, held, csr, cfg.device_id),
-                    lambda r: f"GetAndPublishCert accepted: RSA {cfg.key_bits} CSR, request {r[1]}",
-                    retry_ticket=attempt == 1,
-                )
+                p.certificate = self._enroll(http, p, found.certprov_url, trusted, now, retry=attempt == 1)
+                return
             except enroll.TicketRejected:
                 continue
-            p.certificate = self._stage(
-                Stage.CERT_PUBLISH,
-                lambda: enroll.check_issued(cert_der, key, held.sip_uri, self.trust, trusted.intermediates, now()),
-                lambda c: f"published to the home pool and returned: serial {c.serial_number:032x}",
+
+    def _enroll(
+        self,
+        http: PhoneHttp,
+        p: _Progress,
+        certprov_url: str,
+        trusted: TrustResult,
+        now: Callable[[], datetime],
+        retry: bool,
+    ) -> x509.Certificate:
+        """WEB_TICKET, CERT_REQUEST (key + CSR + GetAndPublishCert), CERT_PUBLISH (the returned certificate)."""
+        cfg = self.cfg
+        held = self._stage(
+            Stage.WEB_TICKET,
+            lambda: ticket.request_ticket(
+                http, ticket.find_endpoints(http, certprov_url), cfg.username, cfg.pin, cfg.sip_uri
+            ),
+            lambda t: f"ticket for {t.sip_uri}, valid until {t.expires:%Y-%m-%d %H:%M}Z",
+        )
+        p.sip_uri = held.sip_uri
+
+        def request() -> tuple[rsa.RSAPrivateKey, bytes, str]:
+            key = p.key = enroll.generate_key(cfg.key_bits)
+            if self.on_key:
+                self.on_key(key)  # stored before the CSR leaves: never a certificate for a lost key
+            cert_der, request_id = enroll.get_and_publish(
+                http, held, enroll.build_csr(key, held.sip_uri), cfg.device_id
             )
-            return
+            return key, cert_der, request_id
+
+        key, cert_der, _ = self._stage(
+            Stage.CERT_REQUEST,
+            request,
+            lambda r: f"new RSA {cfg.key_bits} key + PKCS#10; GetAndPublishCert accepted (request {r[2]})",
+            retry_ticket=retry,
+        )
+        return self._stage(
+            Stage.CERT_PUBLISH,
+            lambda: enroll.check_issued(
+                cert_der, key, held.sip_uri, self.trust, trusted.intermediates, now()
+            ),
+            lambda c: f"published to the home pool and returned: serial {c.serial_number:032x}",
+        )
 
     def _stage(
         self, stage: Stage, work: Callable[[], T], describe: Callable[[T], str], *, retry_ticket: bool = False
@@ -189,7 +213,15 @@ class Phone:
         except AgentError as exc:
             failed = exc.stage or stage
             if failed is not stage and _order(failed) > _order(stage):
-                self._record(StageResult(stage, "ok", None, "request accepted by the pool", self._ms(start)))
+                self._record(
+                    StageResult(
+                        stage,
+                        "ok",
+                        None,
+                        "request accepted; the pool answered for a later stage",
+                        self._ms(start),
+                    )
+                )
             self._record(StageResult(failed, "failed", exc.code, exc.detail, self._ms(start)))
             self._stop(exc)
         self._record(StageResult(stage, "ok", None, describe(value), self._ms(start)))

@@ -10,6 +10,7 @@ Later HTTPS requests trust the shipped roots plus exactly the intermediates vali
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 from dataclasses import dataclass
@@ -56,7 +57,9 @@ def download_chain(http: PhoneHttp, url: str) -> tuple[x509.Certificate, ...]:
     try:
         return pkcs7.decode_certs_only(reply.body)
     except WireError as exc:
-        raise StageError(stage, code, f"Error downloading certificate chain from {url}: {exc.detail}") from None
+        raise StageError(
+            stage, code, f"Error downloading certificate chain from {url}: {exc.detail}"
+        ) from None
 
 
 def establish_trust(
@@ -115,7 +118,9 @@ def verify_https_server(
 class _Verdict:
     """Decides once per handshake (OpenSSL calls back once per depth) and remembers why."""
 
-    def __init__(self, store: TrustStore, host: str, extra: tuple[x509.Certificate, ...], at: datetime) -> None:
+    def __init__(
+        self, store: TrustStore, host: str, extra: tuple[x509.Certificate, ...], at: datetime
+    ) -> None:
         self.store, self.host, self.extra, self.at = store, host, extra, at
         self.chain: ValidatedChain | None = None
         self.error: AgentError | None = None
@@ -152,8 +157,6 @@ def _handshake(conn: SSL.Connection, sock: socket.socket, timeout_s: float) -> N
 
 
 def _close(conn: SSL.Connection, sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(SSL.Error, OSError):
         conn.shutdown()
-    except (SSL.Error, OSError):
-        pass
     sock.close()

@@ -268,7 +268,7 @@ def _load_pem_bundle(path: Path) -> tuple[list[x509.Certificate], list[str]]:
             warnings.simplefilter("always")
             try:
                 cert = x509.load_pem_x509_certificate(match.group(0))
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:
                 notes.append(f"{path}: PEM block {index} skipped, not a certificate ({_reason(exc)})")
                 continue
         certs.append(cert)

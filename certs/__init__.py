@@ -73,7 +73,7 @@ def list_roots(roots_dir: Path = ROOTS_DIR) -> list[RootEntry]:
     for path in sorted(Path(roots_dir).glob("*.pem")):
         try:
             certs = x509.load_pem_x509_certificates(path.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, x509.InvalidVersion) as exc:
             raise RootError(f"{path}: unreadable lab root ({_one_line(exc)})") from None
         entries.extend(RootEntry(path, c.subject.rfc4514_string(), c.not_valid_after_utc) for c in certs)
     return entries
@@ -87,11 +87,11 @@ def _load_one(path: Path) -> x509.Certificate:
     if b"-----BEGIN" not in data:
         try:
             return x509.load_der_x509_certificate(data)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise RootError(f"{path}: not a certificate (neither PEM nor DER X.509)") from None
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise RootError(f"{path}: no parsable PEM certificate in this file") from None
     if len(certs) != 1:
         raise RootError(f"{path}: holds {len(certs)} certificates; add one root at a time")

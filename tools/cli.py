@@ -30,18 +30,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build() -> argparse.ArgumentParser:
-    p = _Parser(prog="phoneprov", description="Test IP phone sign-in (Lync 2010 Phone Edition style) for the lab.")
+    p = _Parser(
+        prog="phoneprov", description="Test IP phone sign-in (Lync 2010 Phone Edition style) for the lab."
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="lab pool on loopback + an emulated phone signing in, every stage shown",
-                       description="Start a lab pool on loopback and boot an emulated phone through every stage. "
-                       "With --fault, show a field failure, its diagnosis, the repair and the recovery.")
-    d.add_argument("--fault", choices=demo.FAULTS, help="datastore: store unavailable (3005); chain: no path "
-                   "to a shipped root")
+    d = sub.add_parser(
+        "demo",
+        help="lab pool on loopback + an emulated phone signing in, every stage shown",
+        description="Start a lab pool on loopback and boot an emulated phone through every stage. "
+        "With --fault, show a field failure, its diagnosis, the repair and the recovery.",
+    )
+    d.add_argument(
+        "--fault",
+        choices=demo.FAULTS,
+        help="datastore: store unavailable (3005); chain: no path to a shipped root",
+    )
     d.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     d.add_argument("--workdir", type=Path, help="keep pool and phone state here (default: a temp dir)")
 
-    c = sub.add_parser("certs", help="the phone's shipped roots", description="Manage the phone's shipped roots.")
+    c = sub.add_parser(
+        "certs", help="the phone's shipped roots", description="Manage the phone's shipped roots."
+    )
     csub = c.add_subparsers(dest="certs_command", required=True, parser_class=_Parser)
     add = csub.add_parser("add-root", help="add a lab root CA (self-signed PEM) to the shipped roots")
     add.add_argument("pem", type=Path)
@@ -114,8 +124,11 @@ def _pool(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with PoolNode(cfg) as node:
         p = node.ports
-        print(f"pool {cfg.fqdn} node {cfg.node}: dhcp {p.dhcp} sntp {p.sntp} http {p.http} https {p.https}; "
-              f"CertProv {node.certprov_url}", flush=True)
+        print(
+            f"pool {cfg.fqdn} node {cfg.node}: dhcp {p.dhcp} sntp {p.sntp} http {p.http} https {p.https}; "
+            f"CertProv {node.certprov_url}",
+            flush=True,
+        )
         stop.wait()
     return 0
 

@@ -27,7 +27,7 @@ from agent.phone import Phone, PhoneConfig, PhoneRun
 from agent.stages import Stage
 from agent.truststore import TrustStore
 from boot.store import StateStore
-from tools.pool.config import Ports, PoolConfig
+from tools.pool.config import PoolConfig, Ports
 from tools.pool.node import PoolNode
 from tools.pool.store.sqlite import StoreBlocker
 
@@ -116,7 +116,10 @@ def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, objec
         pin=DEMO_PIN,
         device_id="{" + str(uuid.uuid5(uuid.NAMESPACE_DNS, "demo-phone.lab.test")).upper() + "}",
         discovery=DiscoveryConfig(
-            ciaddr=IPv4Address("127.0.0.1"), server=("127.0.0.1", ports.dhcp), bind=("127.0.0.1", 0), interval_s=1.0
+            ciaddr=IPv4Address("127.0.0.1"),
+            server=("127.0.0.1", ports.dhcp),
+            bind=("127.0.0.1", 0),
+            interval_s=1.0,
         ),
         time=TimeConfig(port=ports.sntp, fallback=()),
         anon_http_port=ports.http,

@@ -38,7 +38,9 @@ def attempt_document(attempt: Attempt) -> dict[str, Any]:
     mine = run.certificate
     published = None
     if mine is not None:
-        published = next((row for row in attempt.published if row.get("thumbprint") == thumbprint(mine)), None)
+        published = next(
+            (row for row in attempt.published if row.get("thumbprint") == thumbprint(mine)), None
+        )
     return {
         "result": "ok" if run.ok else "failed",
         "stages": [r.as_dict() for r in run.results],
@@ -102,7 +104,10 @@ def _print_result(attempt: Attempt, out: TextIO) -> None:
     if doc["certificate"]:
         c = doc["certificate"]
         print(f"\n  certificate  {c['subject']}  serial {c['serial']}", file=out)
-        print(f"               valid {c['not_before']} .. {c['not_after']}  thumbprint {c['thumbprint']}", file=out)
+        print(
+            f"               valid {c['not_before']} .. {c['not_after']}  thumbprint {c['thumbprint']}",
+            file=out,
+        )
     if doc["published"]:
         row = doc["published"]
         print("  data store   published row:", file=out)

@@ -47,7 +47,7 @@ def decode_certs_only(der: bytes, max_bytes: int = MAX_BYTES) -> tuple[x509.Cert
         warnings.simplefilter("always")
         try:
             certs = pkcs7.load_der_pkcs7_certificates(der)
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
             raise _error(
                 f"root chain body is not a DER PKCS#7 certs-only SignedData ({_one_line(exc)})"
             ) from None

@@ -19,7 +19,7 @@ from agent.discovery import DiscoveryConfig
 from agent.phone import Phone, PhoneConfig, PhoneRun
 from agent.truststore import TrustStore
 from boot.store import StateStore
-from tools.pool.config import Ports, PoolConfig
+from tools.pool.config import PoolConfig, Ports
 from tools.pool.node import PoolNode
 from tools.pool.pinpolicy import PinPolicy
 
@@ -53,7 +53,9 @@ class Lab:
             pin=pin,
             device_id="{" + str(uuid.uuid4()).upper() + "}",
             discovery=DiscoveryConfig(
-                ciaddr=IPv4Address("127.0.0.1"), server=("127.0.0.1", ports.dhcp), bind=("127.0.0.1", 0),
+                ciaddr=IPv4Address("127.0.0.1"),
+                server=("127.0.0.1", ports.dhcp),
+                bind=("127.0.0.1", 0),
                 interval_s=1.0,
             ),
             time=TimeConfig(port=ports.sntp, fallback=(), timeout_s=1.0),

@@ -23,7 +23,12 @@ def test_sign_in_publishes_and_returns_the_certificate(lab: Lab) -> None:
     run = lab.boot()
     assert run.ok, run.diagnosis
     assert [r.stage for r in run.results] == [
-        Stage.DHCP_INFORM, Stage.TIME, Stage.ROOT_CHAIN, Stage.WEB_TICKET, Stage.CERT_REQUEST, Stage.CERT_PUBLISH,
+        Stage.DHCP_INFORM,
+        Stage.TIME,
+        Stage.ROOT_CHAIN,
+        Stage.WEB_TICKET,
+        Stage.CERT_REQUEST,
+        Stage.CERT_PUBLISH,
     ]
     assert all(r.result == "ok" for r in run.results)
     assert run.discovery is not None and run.discovery.source == "dhcp"
@@ -33,7 +38,9 @@ def test_sign_in_publishes_and_returns_the_certificate(lab: Lab) -> None:
     assert cert.subject.rfc4514_string() == "CN=alice@lab.test"
     rows = lab.node.store.certificates(ALICE)
     assert [r.thumbprint for r in rows] == [thumbprint(cert)]
-    assert rows[0].der == cert.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+    assert rows[0].der == cert.public_bytes(
+        __import__("cryptography").hazmat.primitives.serialization.Encoding.DER
+    )
 
 
 def test_key_file_is_private(lab: Lab) -> None:
@@ -105,7 +112,9 @@ def test_phone_without_the_lab_root_names_the_lab_root(lab: Lab) -> None:
     assert "phoneprov Lab Root CA" in run.results[2].detail
 
 
-def test_no_secret_in_any_log(lab: Lab, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_secret_in_any_log(
+    lab: Lab, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level("DEBUG")
     lab.boot(lab.phone_config(pin="86420"))
     run = lab.boot()
@@ -121,6 +130,7 @@ def test_no_secret_in_any_log(lab: Lab, caplog: pytest.LogCaptureFixture, capsys
     for text in texts:
         assert ALICE_PIN not in text and "86420" not in text
         assert key_body[:40] not in text
-    assert ALICE_NUMBER in (lab.logs / "provisioning.log").read_text() or ALICE in (
-        lab.logs / "provisioning.log"
-    ).read_text()
+    assert (
+        ALICE_NUMBER in (lab.logs / "provisioning.log").read_text()
+        or ALICE in (lab.logs / "provisioning.log").read_text()
+    )

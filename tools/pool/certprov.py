@@ -69,7 +69,9 @@ class CertProvService:
     def _process(self, req: certprov.ParsedCertRequest, at: datetime) -> x509.Certificate:
         sip_uri = self._check_ticket(req, at)
         if req.entity.lower().removeprefix("sip:") != sip_uri.lower().removeprefix("sip:"):
-            raise _Refused(CertProvCode.ENTITY_MISMATCH, f"Entity {req.entity} does not match the ticket's user")
+            raise _Refused(
+                CertProvCode.ENTITY_MISMATCH, f"Entity {req.entity} does not match the ticket's user"
+            )
         user = self._call(lambda: self.store.get_user(sip_uri))
         if user is None or not user.enabled:
             raise _Refused(CertProvCode.USER_NOT_ENABLED, f"{sip_uri} is not enabled")
@@ -93,7 +95,9 @@ class CertProvService:
             self.store.publish(record)
         except StoreUnavailable as exc:
             raise _Refused(
-                CertProvCode.DATA_STORE_UNAVAILABLE, f"data store unavailable ({exc.detail})", Stage.CERT_PUBLISH
+                CertProvCode.DATA_STORE_UNAVAILABLE,
+                f"data store unavailable ({exc.detail})",
+                Stage.CERT_PUBLISH,
             ) from None
         return cert
 
@@ -104,7 +108,9 @@ class CertProvService:
         if req.created > at + CLOCK_SKEW or req.expires < at - CLOCK_SKEW:
             raise _Refused(CertProvCode.TICKET_INVALID, "Timestamp outside the ticket lifetime (±5 min)")
         if not certprov.verify_request_signature(req, record.proof_key):
-            raise _Refused(CertProvCode.TICKET_INVALID, "Timestamp signature does not verify with the proof key")
+            raise _Refused(
+                CertProvCode.TICKET_INVALID, "Timestamp signature does not verify with the proof key"
+            )
         return record.sip_uri
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -114,7 +120,9 @@ class CertProvService:
             raise _Refused(CertProvCode.DATA_STORE_UNAVAILABLE, exc.detail, Stage.CERT_PUBLISH) from None
 
     def _refuse(self, exc: _Refused, user: str, device: str, request_id: str) -> Reply:
-        self.log.record(ProvRecord(user, device, exc.stage, "failed", str(int(exc.code)), request_id, exc.reason))
+        self.log.record(
+            ProvRecord(user, device, exc.stage, "failed", str(int(exc.code)), request_id, exc.reason)
+        )
         reason = "data store unavailable" if exc.code is CertProvCode.DATA_STORE_UNAVAILABLE else exc.reason
         body = certprov.build_error(exc.code, reason)
         return Reply(200, body, XML, f"{int(exc.code)} {exc.reason} user={user} request={request_id}")

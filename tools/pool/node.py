@@ -38,14 +38,20 @@ from tools.pool.webticket import WebTicketService
 log = logging.getLogger("phoneprov.pool")
 
 
+class _Server(wsgi.Server):
+    """cheroot's error log (e.g. a phone aborting TLS on an untrusted chain) goes to the pool's log."""
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        log.log(level, "web: %s", msg, exc_info=traceback)
+
+
 class _WebServer:
     """A cheroot WSGI server on its own thread; port 0 picks a free port."""
 
     def __init__(self, bind: tuple[str, int], app: Site, fqdn: str, tls: tuple[Path, Path] | None = None):
-        self.server = wsgi.Server(bind, app, numthreads=8, server_name=fqdn, timeout=10)
+        self.server = _Server(bind, app, numthreads=8, server_name=fqdn, timeout=10)
         if tls is not None:
             self.server.ssl_adapter = BuiltinSSLAdapter(str(tls[0]), str(tls[1]))
-        self.server.error_log = _log_to_logging
         self.server.prepare()
         self._thread = threading.Thread(target=self.server.serve, name=f"pool-web-{self.port}", daemon=True)
         self._thread.start()
@@ -57,11 +63,6 @@ class _WebServer:
     def stop(self) -> None:
         self.server.stop()
         self._thread.join(timeout=10)
-
-
-def _log_to_logging(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-    """cheroot's error log (e.g. a phone aborting TLS on an untrusted chain) goes to the pool's log."""
-    log.log(level, "web: %s", msg, exc_info=traceback)
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,26 @@ class PoolNode:
         self.requestlog = RequestLog(logs / "requests.log", now)
         self.tickets = TicketCache()
         webticket = WebTicketService(
-            self.store, cfg.pin_policy, self.tickets, lambda: self.base_url + WEBTICKET_PATH,
-            cfg.fqdn, cfg.ticket_lifetime, now, self.provlog,
+            self.store,
+            cfg.pin_policy,
+            self.tickets,
+            lambda: self.base_url + WEBTICKET_PATH,
+            cfg.fqdn,
+            cfg.ticket_lifetime,
+            now,
+            self.provlog,
         )
         certprov = CertProvService(self.store, self.ca, cfg.cert_policy, self.tickets, now, self.provlog)
         tls = (self._tls_chain_file(), self.ca.tls_key_path)
         self.https = _WebServer(
             (cfg.bind, cfg.ports.https),
-            secure_site(lambda: self.base_url, webticket.pin, certprov.get_and_publish, self.requestlog,
-                        lambda: self.https.port),
+            secure_site(
+                lambda: self.base_url,
+                webticket.pin,
+                certprov.get_and_publish,
+                self.requestlog,
+                lambda: self.https.port,
+            ),
             cfg.fqdn,
             tls,
         )
@@ -121,7 +133,9 @@ class PoolNode:
         self.dhcp = UdpResponder("dhcp", (cfg.bind, cfg.ports.dhcp), inform_handler(self._uc_options)).start()
         self._parts.append(self.dhcp)
         offset = cfg.sntp_offset_s
-        self.sntp = UdpResponder("sntp", (cfg.bind, cfg.ports.sntp), sntp_handler(now, lambda: offset)).start()
+        self.sntp = UdpResponder(
+            "sntp", (cfg.bind, cfg.ports.sntp), sntp_handler(now, lambda: offset)
+        ).start()
         self._parts.append(self.sntp)
         log.info("pool node %s up: %s", cfg.node, self.ports)
 
@@ -155,7 +169,14 @@ class PoolNode:
     def add_user(self, sip_uri: str, line_uri: str, pin: str, display_name: str = "") -> User:
         """Provision a user with a PIN that satisfies the pool's PIN policy."""
         return add_user(
-            self.store, self.cfg.pin_policy, sip_uri, line_uri, pin, self.clock.now(), display_name, self.cfg.fqdn
+            self.store,
+            self.cfg.pin_policy,
+            sip_uri,
+            line_uri,
+            pin,
+            self.clock.now(),
+            display_name,
+            self.cfg.fqdn,
         )
 
     def _uc_options(self) -> UcOptions:

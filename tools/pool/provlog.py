@@ -47,7 +47,9 @@ class _LineFile:
 
 
 class ProvisioningLog(_LineFile):
-    def __init__(self, path: Path, node: str, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self, path: Path, node: str, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         super().__init__(path)
         self.node, self.now = node, now
 
@@ -67,7 +69,16 @@ class RequestLog(_LineFile):
         self.now = now
 
     def record(
-        self, s_ip: str, method: str, path: str, port: int, c_ip: str, agent: str, status: int, ms: int, detail: str
+        self,
+        s_ip: str,
+        method: str,
+        path: str,
+        port: int,
+        c_ip: str,
+        agent: str,
+        status: int,
+        ms: int,
+        detail: str,
     ) -> None:
         now = self.now()
         agent = _clean(agent).replace(" ", "+")

@@ -9,7 +9,13 @@ from tools.pool.store.contract import Store, User
 
 
 def add_user(
-    store: Store, policy: PinPolicy, sip_uri: str, line_uri: str, pin: str, at: datetime, display_name: str = "",
+    store: Store,
+    policy: PinPolicy,
+    sip_uri: str,
+    line_uri: str,
+    pin: str,
+    at: datetime,
+    display_name: str = "",
     home_pool: str = "pool.lab.test",
 ) -> User:
     user = User(sip_uri=sip_uri, line_uri=line_uri, display_name=display_name or sip_uri, home_pool=home_pool)

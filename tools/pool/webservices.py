@@ -30,7 +30,9 @@ def _text(status: int, message: str) -> Reply:
 class Site:
     """A tiny router: (method, path) → handler(body) → Reply; everything else is a plain-text error."""
 
-    def __init__(self, routes: Mapping[tuple[str, str], Handler], request_log: RequestLog, port: Callable[[], int]):
+    def __init__(
+        self, routes: Mapping[tuple[str, str], Handler], request_log: RequestLog, port: Callable[[], int]
+    ):
         self.routes = {(m, p.lower()): h for (m, p), h in routes.items()}
         self.request_log, self.port = request_log, port
 
@@ -39,13 +41,26 @@ class Site:
         method = str(environ.get("REQUEST_METHOD", "GET"))
         path = str(environ.get("PATH_INFO", "/"))
         reply = self._dispatch(method, path, environ)
-        reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                   411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error"}
+        reasons = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            411: "Length Required",
+            413: "Payload Too Large",
+            500: "Internal Server Error",
+        }
         headers = [*reply.headers, ("Content-Length", str(len(reply.body)))]
         start_response(f"{reply.status} {reasons.get(reply.status, 'Status')}", headers)
         self.request_log.record(
-            str(environ.get("SERVER_NAME", "-")), method, path, self.port(), str(environ.get("REMOTE_ADDR", "-")),
-            str(environ.get("HTTP_USER_AGENT", "-")), reply.status, int((time.monotonic() - started) * 1000),
+            str(environ.get("SERVER_NAME", "-")),
+            method,
+            path,
+            self.port(),
+            str(environ.get("REMOTE_ADDR", "-")),
+            str(environ.get("HTTP_USER_AGENT", "-")),
+            reply.status,
+            int((time.monotonic() - started) * 1000),
             reply.detail,
         )
         return [reply.body]
@@ -54,7 +69,9 @@ class Site:
         handler = self.routes.get((method, path.lower()))
         if handler is None:
             known = any(p == path.lower() for _, p in self.routes)
-            return _text(405, f"{method} not allowed on {path}") if known else _text(404, f"no such path {path}")
+            return (
+                _text(405, f"{method} not allowed on {path}") if known else _text(404, f"no such path {path}")
+            )
         body = b""
         if method == "POST":
             body_or_error = _read_body(environ)

@@ -60,7 +60,9 @@ class WebTicketService:
         assertion_id = f"SamlSecurityToken-{uuid.uuid4()}"
         key = webticket.proof_key(rst.client_entropy, server_entropy)
         self.tickets.put(TicketRecord(assertion_id, user.sip_uri, key, at, at + self.lifetime))
-        self.log.record(ProvRecord(user.sip_uri, "-", Stage.WEB_TICKET, "ok", "", assertion_id, "ticket issued"))
+        self.log.record(
+            ProvRecord(user.sip_uri, "-", Stage.WEB_TICKET, "ok", "", assertion_id, "ticket issued")
+        )
         body_out = webticket.build_rstr(
             rst.context, assertion_id, self.issuer(), user.sip_uri, at, self.lifetime, server_entropy
         )
