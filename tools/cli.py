@@ -80,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "certs":
             return _certs(args)
         return _pool(args)
-    except (AgentError, PoolError, certs.RootError, ValueError, OSError) as exc:
+    except PoolError as exc:
+        print(f"phoneprov: error: {exc.detail}", file=sys.stderr)
+        return 2
+    except (AgentError, certs.RootError, ValueError, OSError) as exc:
         print(f"phoneprov: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

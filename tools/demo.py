@@ -80,7 +80,12 @@ def run_demo(
             node.add_user(DEMO_USER, DEMO_LINE, DEMO_PIN, "Alice (demo)")
             on_event("pool", node)
             if fault is None:
-                return DemoOutcome(None, (_boot("sign-in", node, root, on_event),), None, _pool_info(cfg))
+                return DemoOutcome(
+                    None,
+                    (_boot("sign-in", node, root, on_event),),
+                    None,
+                    _pool_info(cfg, workdir is not None),
+                )
             if fault == "datastore":
                 with StoreBlocker(cfg.store):
                     first = _boot("data store unavailable", node, root, on_event)
@@ -96,11 +101,14 @@ def run_demo(
     diag = first.run.diagnosis
     correct = diag is not None and (diag.stage, diag.code) == EXPECTED[fault] and not first.published
     on_event("verdict", correct)
-    return DemoOutcome(fault, (first, second), correct, _pool_info(cfg))
+    return DemoOutcome(fault, (first, second), correct, _pool_info(cfg, workdir is not None))
 
 
-def _pool_info(cfg: PoolConfig) -> dict[str, Any]:
-    return {"fqdn": cfg.fqdn, "node": cfg.node, "store": cfg.store}
+def _pool_info(cfg: PoolConfig, kept: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {"fqdn": cfg.fqdn, "node": cfg.node}
+    if kept:  # a temporary workdir is gone by the time anyone reads this
+        info.update(state_dir=str(cfg.state_dir), store=cfg.store, logs=str(cfg.state_dir / "logs"))
+    return info
 
 
 def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, object], None]) -> Attempt:

@@ -138,6 +138,8 @@ def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
             raise ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
     try:
         return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.detail}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
