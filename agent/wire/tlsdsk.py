@@ -1,0 +1,409 @@
+"""TLS-DSK handshake and keys (protocol.md §8.2–8.4, MS-SIPAE): real TLS carried in SIP ``gssapi-data``.
+
+The handshake is OpenSSL's, run over memory BIOs: raw TLS records go in and out as bytes and the SIP layer
+base64s them into ``gssapi-data`` (:func:`gssapi_encode`). Nothing here touches a socket or the clock.
+
+Flights (§8.2): A/B ClientHello → ServerHello, Certificate, CertificateRequest, ServerHelloDone; C client
+Certificate, ClientKeyExchange, CertificateVerify, ChangeCipherSpec, Finished → ChangeCipherSpec, Finished.
+Session tickets, resumption and renegotiation are off so that every SA runs exactly these flights.
+
+Versions and suites (§8.3), as measured with cryptography 50.0.2 / pyOpenSSL 26.4.0 (OpenSSL 4.0.3):
+TLS 1.0 still negotiates, but only at ``@SECLEVEL=0`` (otherwise "no protocols available"); TLS 1.1 is
+excluded (see :func:`_context`); TLS 1.2 uses the same RSA-key-exchange AES-CBC-SHA suites. RC4 is no
+longer compiled in ("no cipher match"), so :data:`RC4_AVAILABLE` is False there and the RC4 suites are
+offered only where the linked OpenSSL still has them. Security level 0 also drops OpenSSL's key-size
+checks, hence :data:`MIN_RSA_BITS`.
+
+Certificate checks are the caller's, run from inside OpenSSL's verify callback: OpenSSL's own verdict
+(system clock, empty trust store) is ignored, and the caller's verdict is final. The client gets the chain
+exactly as presented; on the server OpenSSL exposes no presented chain during verification, so the server
+check gets the chain OpenSSL built from what the client sent (leaf first).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from OpenSSL import SSL, crypto
+
+from agent.stages import Stage, StageError
+
+__all__ = [
+    "CIPHER_LIST",
+    "KEY_LABEL",
+    "RC4_AVAILABLE",
+    "DskKeys",
+    "TlsDskClient",
+    "TlsDskError",
+    "TlsDskServer",
+    "derive_keys",
+    "gssapi_decode",
+    "gssapi_encode",
+]
+
+#: RFC 5705 exporter label of MS-SIPAE 3.2.5.1 (the EAP-TLS label), used with *no* context.
+KEY_LABEL = b"client EAP encryption"
+KEY_BLOCK_BYTES = 128
+_CLIENT_KEY = slice(64, 96)
+_SERVER_KEY = slice(96, 128)
+
+AES_SUITES = ("AES128-SHA", "AES256-SHA")  # TLS_RSA_WITH_AES_128_CBC_SHA 0x002F, _AES_256_CBC_SHA 0x0035
+RC4_SUITES = ("RC4-MD5", "RC4-SHA")  # 0x0004, 0x0005: legacy peers only
+MIN_RSA_BITS = 1024
+#: Largest TLS flight accepted in one gssapi-data (a flight is a few KiB; this caps memory, not the protocol).
+MAX_FLIGHT_BYTES = 64 * 1024
+_MAX_RECORD_BODY = 2**14 + 2048
+_RECORD_TYPES = frozenset({20, 21, 22, 23})
+_HANDSHAKE, _CERTIFICATE = 22, 11
+
+
+class TlsDskError(StageError):
+    """The TLS-DSK handshake failed (stage REGISTER). ``reason`` is the certificate check's refusal, if any.
+
+    Codes: ``GSSAPI_DATA`` (not base64 TLS records), ``TLS_HANDSHAKE`` (OpenSSL rejected the records),
+    ``SERVER_CERT_REFUSED``, ``CLIENT_CERT_REFUSED``, ``TLS_STATE`` (flight out of order or incomplete).
+    """
+
+    def __init__(self, code: str, detail: str, reason: str | None = None) -> None:
+        super().__init__(Stage.REGISTER, code, detail)
+        self.reason = reason
+
+
+def _probe_rc4() -> bool:
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(":".join(RC4_SUITES).encode() + b":@SECLEVEL=0")
+    except SSL.Error:
+        return False
+    return True
+
+
+RC4_AVAILABLE = _probe_rc4()
+CIPHER_LIST = ":".join(AES_SUITES + (RC4_SUITES if RC4_AVAILABLE else ())).encode() + b":@SECLEVEL=0"
+
+
+@dataclass(frozen=True, repr=False)
+class DskKeys:
+    """The two signing keys of one SA, and the suite that decides the MAC (HMAC-MD5 only for RC4-MD5)."""
+
+    client_sign: bytes
+    server_sign: bytes
+    cipher_name: str
+    protocol: str = ""
+
+    @property
+    def mac(self) -> Literal["sha1", "md5"]:
+        name = self.cipher_name.upper()
+        return "md5" if "RC4" in name and name.endswith("MD5") else "sha1"
+
+    def __repr__(self) -> str:
+        return f"DskKeys(cipher_name={self.cipher_name!r}, protocol={self.protocol!r}, keys=<hidden>)"
+
+
+def derive_keys(conn: SSL.Connection) -> DskKeys:
+    """Signing keys of a finished TLS 1.0–1.2 handshake: bytes 64–95 (client) and 96–127 (server) of
+    ``PRF(master_secret, KEY_LABEL, client_random ‖ server_random)``.
+
+    pyOpenSSL passes ``use_context=0`` to ``SSL_export_keying_material`` when ``context`` is None, which is
+    exactly that PRF (the seed carries no context length); any context, even empty, would change the keys.
+    """
+    version = conn.get_protocol_version_name()
+    if conn.get_finished() is None or conn.get_peer_finished() is None:
+        raise TlsDskError("TLS_STATE", "TLS-DSK keys asked for before the handshake finished")
+    if version not in ("TLSv1", "TLSv1.1", "TLSv1.2"):
+        raise TlsDskError("TLS_HANDSHAKE", f"TLS-DSK needs TLS 1.0-1.2 keying material, not {version}")
+    block = conn.export_keying_material(KEY_LABEL, KEY_BLOCK_BYTES, None)
+    return DskKeys(block[_CLIENT_KEY], block[_SERVER_KEY], conn.get_cipher_name() or "", version)
+
+
+def gssapi_encode(records: bytes) -> str:
+    """The ``gssapi-data`` value for a flight: base64 of the raw records, no line breaks."""
+    return base64.b64encode(records).decode("ascii")
+
+
+def gssapi_decode(text: str) -> bytes:
+    """The raw records of a ``gssapi-data`` value; :class:`TlsDskError` (GSSAPI_DATA) if it is not base64."""
+    if len(text) > (MAX_FLIGHT_BYTES + 2) // 3 * 4:
+        raise TlsDskError("GSSAPI_DATA", f"gssapi-data is {len(text)} characters; too large for a TLS flight")
+    try:
+        data = base64.b64decode(text.strip().encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise TlsDskError("GSSAPI_DATA", "gssapi-data is not valid base64") from None
+    if not data:
+        raise TlsDskError("GSSAPI_DATA", "gssapi-data is empty")
+    return data
+
+
+def _check_records(data: bytes) -> None:
+    """Whole TLS 1.x records only, so that a truncated flight is named as such instead of stalling."""
+    if not data:
+        raise TlsDskError("GSSAPI_DATA", "empty TLS flight")
+    if len(data) > MAX_FLIGHT_BYTES:
+        raise TlsDskError("GSSAPI_DATA", f"TLS flight of {len(data)} bytes exceeds {MAX_FLIGHT_BYTES}")
+    at = 0
+    while at < len(data):
+        header = data[at : at + 5]
+        if len(header) < 5:
+            raise TlsDskError("GSSAPI_DATA", f"truncated TLS record header at byte {at}")
+        if header[0] not in _RECORD_TYPES or header[1] != 3:
+            raise TlsDskError("GSSAPI_DATA", f"byte {at} does not start a TLS 1.x record")
+        length = int.from_bytes(header[3:5], "big")
+        if length > _MAX_RECORD_BODY:
+            raise TlsDskError("GSSAPI_DATA", f"TLS record at byte {at} claims {length} bytes")
+        if at + 5 + length > len(data):
+            raise TlsDskError("GSSAPI_DATA", f"truncated TLS record at byte {at}")
+        at += 5 + length
+
+
+def _one_line(exc: SSL.Error) -> str:
+    """OpenSSL's reasons ("wrong version number; ...") instead of pyOpenSSL's list-of-tuples repr."""
+    queue = exc.args[0] if exc.args else None
+    if isinstance(queue, list):
+        reasons = [str(entry[-1]) for entry in queue if isinstance(entry, tuple) and entry and entry[-1]]
+        if reasons:
+            return "; ".join(reasons)
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _PeerCheck:
+    """Runs the caller's certificate check once per handshake, from OpenSSL's verify callback.
+
+    OpenSSL calls back per chain depth, top first, then finally for the leaf with ``ok=1``; earlier calls
+    report OpenSSL's own errors (no local issuer, dates by the system clock), which are the caller's
+    business, so they pass provisionally and the decision is taken at that final leaf call.
+    """
+
+    def __init__(self, decide: Callable[[list[x509.Certificate]], str | None]) -> None:
+        self._decide = decide
+        self._by_depth: dict[int, x509.Certificate] = {}
+        self.ran = False
+        self.refusal: str | None = None
+        self.chain: tuple[x509.Certificate, ...] = ()
+
+    def callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        if self.ran:
+            return self.refusal is None
+        self._by_depth[depth] = cert.to_cryptography()
+        if depth != 0 or not ok:
+            return True
+        presented = conn.get_peer_cert_chain(as_cryptography=True)
+        chain = list(presented) if presented else [self._by_depth[d] for d in sorted(self._by_depth)]
+        self.chain = tuple(chain)
+        self.refusal = _weak_key(chain[0]) or self._decide(chain)
+        self.ran = True
+        return self.refusal is None
+
+
+def _weak_key(leaf: x509.Certificate) -> str | None:
+    key = leaf.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        return f"RSA key of {key.key_size} bits is below {MIN_RSA_BITS}"
+    return None
+
+
+def _context(allow_tls10: bool, server: bool) -> SSL.Context:
+    """TLS 1.0 (if allowed) or 1.2, never 1.1. OpenSSL treats a disabled middle version as the *end* of a
+    client's range (min 1.0 + no 1.1 offers 1.0 only), so only the server disables 1.1 (it then falls
+    back to 1.0 for a 1.1 client) and the client refuses a 1.1 ServerHello itself."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_VERSION if allow_tls10 else SSL.TLS1_2_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_cipher_list(CIPHER_LIST)
+    no_tls11 = SSL.OP_NO_TLSv1_1 if server else 0
+    ctx.set_options(no_tls11 | SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    return ctx
+
+
+def _load_identity(ctx: SSL.Context, chain: Sequence[x509.Certificate], key: rsa.RSAPrivateKey) -> None:
+    if not chain:
+        raise ValueError("a TLS-DSK endpoint needs its certificate")
+    ctx.use_certificate(chain[0])
+    for extra in chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    try:
+        ctx.use_privatekey(key)
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise ValueError("the private key does not match the certificate") from None
+
+
+class _Endpoint:
+    """One side of the handshake over memory BIOs: records in, records out, failures as TlsDskError."""
+
+    _refusal_code = "TLS_HANDSHAKE"
+
+    def __init__(self, ctx: SSL.Context, check: _PeerCheck) -> None:
+        self._check = check
+        self._conn = SSL.Connection(ctx, None)
+        self._failed = False
+
+    def _run(self, records: bytes | None) -> tuple[bool, bytes]:
+        """Feed a flight, advance the handshake; (finished?, the records to send back)."""
+        if self._failed:
+            raise TlsDskError("TLS_STATE", "this TLS-DSK handshake already failed; restart at REGISTER A")
+        if records is not None:
+            _check_records(records)
+        self._failed = True  # until proven otherwise: a callback exception must not leave a live state
+        try:
+            if records is not None:
+                self._conn.bio_write(records)
+            self._conn.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            done = False
+        except SSL.Error as exc:
+            raise self._error(exc) from None
+        self._failed = False
+        return done, self._drain()
+
+    def _drain(self) -> bytes:
+        out = bytearray()
+        while True:
+            try:
+                out += self._conn.bio_read(65536)
+            except SSL.WantReadError:
+                return bytes(out)
+
+    def _error(self, exc: SSL.Error) -> TlsDskError:
+        if self._check.refusal is not None:
+            return TlsDskError(self._refusal_code, self._refused_detail(), self._check.refusal)
+        return TlsDskError("TLS_HANDSHAKE", f"TLS handshake failed: {_one_line(exc)}")
+
+    def _refused_detail(self) -> str:
+        subject = self._check.chain[0].subject.rfc4514_string() if self._check.chain else "?"
+        return f"certificate {subject} refused: {self._check.refusal}"
+
+    def _fail(self, code: str, detail: str) -> TlsDskError:
+        self._failed = True
+        return TlsDskError(code, detail)
+
+    @property
+    def protocol(self) -> str:
+        """Negotiated version name ("TLSv1", "TLSv1.2"), once known."""
+        return self._conn.get_protocol_version_name()
+
+
+class TlsDskClient(_Endpoint):
+    """The phone's side: :meth:`hello` (flight A/B), :meth:`step` (flight C), :meth:`finish` (keys)."""
+
+    _refusal_code = "SERVER_CERT_REFUSED"
+
+    def __init__(
+        self,
+        cert: x509.Certificate,
+        key: rsa.RSAPrivateKey,
+        verify_server: Callable[[list[x509.Certificate]], bool],
+        allow_tls10: bool = True,
+    ) -> None:
+        def decide(chain: list[x509.Certificate]) -> str | None:
+            return None if verify_server(chain) else "the registrar's chain failed the trust check"
+
+        ctx = _context(allow_tls10, server=False)
+        _load_identity(ctx, [cert], key)
+        check = _PeerCheck(decide)
+        ctx.set_verify(SSL.VERIFY_PEER, check.callback)
+        super().__init__(ctx, check)
+        self._conn.set_connect_state()
+        self._phase = "new"
+
+    def _expect(self, phase: str, what: str) -> None:
+        if self._phase != phase:
+            raise TlsDskError("TLS_STATE", f"{what} called out of order (handshake is at {self._phase!r})")
+
+    def hello(self) -> bytes:
+        """The ClientHello records (REGISTER B)."""
+        self._expect("new", "hello()")
+        _, out = self._run(None)
+        self._phase = "hello"
+        return out
+
+    def step(self, server_records: bytes) -> bytes:
+        """Takes ServerHello..ServerHelloDone; returns Certificate..Finished (REGISTER C)."""
+        self._expect("hello", "step()")
+        done, out = self._run(server_records)
+        if done or not out:
+            raise self._fail("TLS_STATE", "the registrar's ServerHello flight is incomplete or out of place")
+        if self.protocol == "TLSv1.1":
+            raise self._fail("TLS_HANDSHAKE", "the registrar chose TLS 1.1; TLS-DSK here is TLS 1.0 or 1.2")
+        if out[0] != _HANDSHAKE or out[5] != _CERTIFICATE:
+            raise self._fail("TLS_HANDSHAKE", "the registrar sent no CertificateRequest; TLS-DSK needs one")
+        self._phase = "finished"
+        return out
+
+    def finish(self, server_records: bytes) -> DskKeys:
+        """Takes ChangeCipherSpec+Finished; checks the handshake completed and returns the SA keys."""
+        self._expect("finished", "finish()")
+        done, out = self._run(server_records)
+        if not done or out:
+            raise self._fail("TLS_STATE", "the registrar's Finished flight did not complete the handshake")
+        self._phase = "done"
+        return derive_keys(self._conn)
+
+    @property
+    def server_chain(self) -> tuple[x509.Certificate, ...]:
+        """The chain the registrar presented (what ``verify_server`` judged)."""
+        return self._check.chain
+
+
+class TlsDskServer(_Endpoint):
+    """The registrar's side: :meth:`step` answers flight B and flight C; then :attr:`keys`."""
+
+    _refusal_code = "CLIENT_CERT_REFUSED"
+
+    def __init__(
+        self,
+        cert_chain: Sequence[x509.Certificate],
+        key: rsa.RSAPrivateKey,
+        verify_client: Callable[[list[x509.Certificate]], str | None],
+        allow_tls10: bool = True,
+    ) -> None:
+        ctx = _context(allow_tls10, server=True)
+        _load_identity(ctx, cert_chain, key)
+        check = _PeerCheck(verify_client)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, check.callback)
+        super().__init__(ctx, check)
+        self._conn.set_accept_state()
+        self._flights = 0
+        self._keys: DskKeys | None = None
+
+    def step(self, client_records: bytes) -> bytes:
+        """ClientHello → ServerHello..ServerHelloDone; client flight C → ChangeCipherSpec+Finished."""
+        if self._keys is not None:
+            raise TlsDskError("TLS_STATE", "the TLS-DSK handshake is already complete")
+        done, out = self._run(client_records)
+        self._flights += 1
+        if self._flights == 1 and (done or not out):
+            raise self._fail("TLS_STATE", "the phone's first flight is not a complete ClientHello")
+        if self._flights == 2:
+            if not done or not out:
+                raise self._fail("TLS_STATE", "the phone's flight C did not complete the handshake")
+            if not self._check.ran or self._check.refusal is not None:
+                raise self._fail("CLIENT_CERT_REFUSED", "the client certificate was never accepted")
+            self._keys = derive_keys(self._conn)
+        return out
+
+    @property
+    def done(self) -> bool:
+        return self._keys is not None
+
+    @property
+    def keys(self) -> DskKeys:
+        if self._keys is None:
+            raise TlsDskError("TLS_STATE", "TLS-DSK keys asked for before the handshake finished")
+        return self._keys
+
+    @property
+    def client_chain(self) -> tuple[x509.Certificate, ...]:
+        """The phone's chain as OpenSSL built it from what was sent (leaf first), as judged."""
+        return self._check.chain
+
+    @property
+    def refusal(self) -> str | None:
+        """``verify_client``'s reason for refusing, kept for the registrar's 403."""
+        return self._check.refusal
