@@ -43,24 +43,37 @@ def sync_time(
     """Ask each candidate in order; the first good SNTP reply sets the phone's clock offset."""
     candidates = [*servers, *(f for f in cfg.fallback if f not in servers)]
     errors: list[str] = []
+    codes: list[str] = []  # why each server gave no time
     for name in candidates:
         try:
             address = resolver.resolve(name)
         except OSError as exc:
             errors.append(str(exc))
+            codes.append("NO_ANSWER")
             continue
         with endpoint() as ep:
-            result = _ask(ep, name, (address, cfg.port), cfg, clock, errors)
+            result = _ask(ep, name, (address, cfg.port), cfg, clock, errors, codes)
         if result is not None:
             return result
     tried = ", ".join(candidates) or "no server"
     last = f" (last: {errors[-1]})" if errors else ""
-    raise StageError(Stage.TIME, "NO_ANSWER", f"no SNTP answer from {tried}{last}")
+    # Every server refusing the same way (all Kiss-o'-Death, all unsynchronised) is diagnosed as that.
+    code = (
+        codes[0] if codes and len(set(codes)) == 1 and codes[0] in ("KOD", "UNSYNCHRONISED") else "NO_ANSWER"
+    )
+    raise StageError(Stage.TIME, code, f"no usable SNTP answer from {tried}{last}")
 
 
 def _ask(
-    ep: UdpEndpoint, name: str, addr: tuple[str, int], cfg: TimeConfig, clock: Clock, errors: list[str]
+    ep: UdpEndpoint,
+    name: str,
+    addr: tuple[str, int],
+    cfg: TimeConfig,
+    clock: Clock,
+    errors: list[str],
+    codes: list[str],
 ) -> TimeSync | None:
+    """Up to ``cfg.tries`` requests; a Kiss-o'-Death or an unsynchronised server is not asked again."""
     for _ in range(cfg.tries):
         t1 = clock.now().timestamp()
         request = sntp.build_request(t1)
@@ -75,10 +88,14 @@ def _ask(
             reply = sntp.parse_reply(got[0], sent_tx)
         except WireError as exc:
             errors.append(f"{name}: {exc.detail}")
+            if exc.code in ("KOD", "UNSYNCHRONISED"):
+                codes.append(exc.code)
+                return None
             continue
         offset, delay = sntp.offset_delay(t1, sntp.from_ntp(reply.recv_ts), sntp.from_ntp(reply.tx_ts), t4)
         if abs(offset) > cfg.max_offset_s:
             errors.append(f"{name}: offset {offset:.0f} s is implausible")
             continue
         return TimeSync(name, offset, delay, OffsetClock(clock, offset))
+    codes.append("NO_ANSWER")
     return None

@@ -46,6 +46,10 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "The DHCPACK names no registrar (option 120) and no SRV fallback answered.",
         _FIX_DHCP,
     ),
+    (Stage.DHCP_INFORM, "INSECURE_URL"): (
+        "DHCP (or the configuration) points the phone at a CertProv URL that is not HTTPS; the phone refuses it.",
+        "Serve option 43 with URLScheme `https` (sub-option 2) and the Web Services' HTTPS port.",
+    ),
     (Stage.DHCP_INFORM, "OPT120_ADDRESSES"): (
         "Option 120 lists IP addresses; a Lync phone needs the registrar's name (TLS checks it).",
         "Serve option 120 with encoding 0 (domain names), e.g. `phoneprov dhcp-config`.",
@@ -91,6 +95,10 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
     (Stage.ROOT_CHAIN, "*"): (
         "The Web Services certificate could not be checked.",
         "Check the pool's web certificate and chain.",
+    ),
+    (Stage.WEB_TICKET, "INSECURE_URL"): (
+        "The Web Services' metadata names a non-HTTPS endpoint for the PIN or the ticket; the phone refuses it.",
+        "Publish https:// addresses for the Web Ticket and WebTicket_Proof endpoints in /mex.",
     ),
     (Stage.WEB_TICKET, "2001"): ("Wrong phone number/extension or PIN.", "Re-enter the number and PIN."),
     (Stage.WEB_TICKET, "2002"): (

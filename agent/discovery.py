@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from agent.clocks import Clock
-from agent.net import UdpEndpoint
+from agent.net import UdpEndpoint, require_https
 from agent.stages import Stage, StageError, WireError
 from agent.wire import dhcp
 
@@ -58,6 +58,7 @@ def discover(
 ) -> Discovery:
     """Run stage DHCP_INFORM; raises StageError(DHCP_INFORM, NO_ANSWER | NO_OPTION_43 | ...)."""
     if cfg.certprov_url and cfg.registrar_fqdn:
+        require_https(cfg.certprov_url, Stage.DHCP_INFORM, "the configured CertProv URL")
         return Discovery(
             cfg.certprov_url,
             cfg.registrar_fqdn,
@@ -126,6 +127,7 @@ def _merge(cfg: DiscoveryConfig, ans: dhcp.InformAnswer, sender: str, sent: int)
             f"Unable to locate Lync Certificate Web service: DHCPACK from {sender} has no option 43 "
             "for vendor class MS-UC-Client",
         )
+    require_https(certprov, Stage.DHCP_INFORM, "the CertProv URL")
     registrar = cfg.registrar_fqdn or (ans.registrars[0] if ans.registrars else None)
     ntp = cfg.ntp_servers or tuple(str(a) for a in ans.ntp_servers)
     server = str(ans.server_id) if ans.server_id else sender

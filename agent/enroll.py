@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from agent.net import PhoneHttp
-from agent.stages import AgentError, Stage, StageError, WireError
+from agent.stages import X509_ERRORS, AgentError, Stage, StageError, WireError, one_line
 from agent.ticket import Ticket
 from agent.truststore import TrustStore
 from agent.wire import certprov
@@ -100,12 +100,13 @@ def check_issued(
     """The returned certificate must carry our public key and SIP URI and chain to the CertProv CA."""
     try:
         cert = x509.load_der_x509_certificate(cert_der)
-    except (ValueError, x509.InvalidVersion):
-        raise _bad("the returned token is not a DER certificate") from None
+        names = _sip_uris(cert)
+    except X509_ERRORS as exc:
+        raise _bad(f"the returned token is not a usable DER certificate: {one_line(exc)}") from None
     ours = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != ours:
         raise _bad("the certificate is not for this phone's key")
-    if sip_uri.lower() not in (u.lower() for u in _sip_uris(cert)):
+    if sip_uri.lower() not in (u.lower() for u in names):
         raise _bad(f"the certificate does not name {sip_uri}")
     try:
         trust.verify_client(cert, ca_chain, at)

@@ -8,11 +8,13 @@ FQDN, exactly what a device with its own resolver does.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,9 +61,10 @@ class HttpReply:
 class _ResolvingAdapter(HTTPAdapter):
     """Connects to the resolved address; SNI, Host and certificate checks stay on the URL's FQDN."""
 
-    def __init__(self, resolver: Resolver, context: ssl.SSLContext | None) -> None:
+    def __init__(self, resolver: Resolver, context: ssl.SSLContext | None, pin_sha256: str | None) -> None:
         self._resolver = resolver
         self._context = context
+        self._pin = pin_sha256
         super().__init__(max_retries=0)
 
     def build_connection_pool_key_attributes(  # type: ignore[override]
@@ -81,30 +84,55 @@ class _ResolvingAdapter(HTTPAdapter):
             pool_kwargs["ssl_context"] = self._context
             pool_kwargs["server_hostname"] = fqdn
             pool_kwargs["assert_hostname"] = fqdn
+            if self._pin:
+                pool_kwargs["assert_fingerprint"] = self._pin
         return host_params, pool_kwargs
 
 
-def trust_context(bundle_pem: bytes) -> ssl.SSLContext:
-    """An SSL context trusting only the given PEM anchors (+ validated intermediates); verification on."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=bundle_pem.decode("ascii"))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+MAX_SYSTEM_SKEW_S = 60.0
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL: leave validity dates to the caller
+
+
+@dataclass(frozen=True)
+class HttpsTrust:
+    """What HTTPS after stage ROOT_CHAIN trusts: the shipped roots plus the validated intermediates.
+
+    OpenSSL checks dates against the *system* clock. When the phone's SNTP-corrected clock disagrees with it
+    (a Pi without RTC before boot/ sets the clock), the dates are instead those cryptography checked at the
+    corrected time in ROOT_CHAIN, and connections are pinned to exactly the leaf validated there: chain,
+    name and key are still verified by OpenSSL on every connection.
+    """
+
+    bundle_pem: bytes
+    leaf_sha256: str | None = None
+
+    @classmethod
+    def after_root_chain(cls, bundle_pem: bytes, leaf_der: bytes, phone_now: datetime) -> HttpsTrust:
+        """Pin only when the system clock (OpenSSL's) is off the phone's corrected clock by more than 60 s."""
+        skew = abs((phone_now - datetime.now(UTC)).total_seconds())
+        return cls(bundle_pem, hashlib.sha256(leaf_der).hexdigest() if skew > MAX_SYSTEM_SKEW_S else None)
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.bundle_pem.decode("ascii"))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.leaf_sha256:
+            ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+        return ctx
 
 
 class PhoneHttp:
     """HTTP(S) for the phone's stages: bounded bodies, timeouts, and failures mapped to the caller's stage."""
 
-    def __init__(
-        self, resolver: Resolver, timeout_s: float = 10.0, trust: ssl.SSLContext | None = None
-    ) -> None:
+    def __init__(self, resolver: Resolver, timeout_s: float = 10.0, trust: HttpsTrust | None = None) -> None:
         self.resolver = resolver
         self.timeout_s = timeout_s
         self._session = requests.Session()
         self._session.trust_env = False  # a phone has no proxy settings from a login shell
         self.set_trust(trust)
 
-    def set_trust(self, trust: ssl.SSLContext | None) -> None:
-        adapter = _ResolvingAdapter(self.resolver, trust)
+    def set_trust(self, trust: HttpsTrust | None) -> None:
+        context = trust.context() if trust else None
+        adapter = _ResolvingAdapter(self.resolver, context, trust.leaf_sha256 if trust else None)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -124,7 +152,13 @@ class PhoneHttp:
         """One request; transport errors become StageError(stage, code) with a one-line reason."""
         try:
             with self._session.request(
-                method, url, data=body, headers=dict(headers or {}), timeout=self.timeout_s, stream=True
+                method,
+                url,
+                data=body,
+                headers=dict(headers or {}),
+                timeout=self.timeout_s,
+                stream=True,
+                allow_redirects=False,  # a redirect could lead a PIN off the verified host
             ) as resp:
                 data = _read_bounded(resp, stage, url)
                 hdrs = {k.lower(): v for k, v in resp.headers.items()}
@@ -135,6 +169,14 @@ class PhoneHttp:
             raise StageError(stage, code, f"{method} {url} failed: {_reason(exc)}") from None
         except OSError as exc:
             raise StageError(stage, code, f"{method} {url} failed: {exc}") from None
+
+
+def require_https(url: str, stage: Stage, what: str) -> str:
+    """PINs, tickets and CSRs only ever travel over verified TLS: any other scheme fails the stage."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise StageError(stage, "INSECURE_URL", f"{what} {url!r} is not an https:// URL; refused")
+    return url
 
 
 def _read_bounded(resp: requests.Response, stage: Stage, url: str) -> bytes:

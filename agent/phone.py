@@ -20,7 +20,7 @@ from agent.clock import TimeConfig, TimeSync, sync_time
 from agent.clocks import Clock
 from agent.diagnosis import Diagnosis, diagnose
 from agent.discovery import Discovery, DiscoveryConfig, discover
-from agent.net import PhoneHttp, Resolver, trust_context
+from agent.net import PhoneHttp, Resolver
 from agent.stages import AgentError, Stage, StageResult
 from agent.trust import TrustResult, establish_trust
 from agent.truststore import TrustStore
@@ -143,7 +143,7 @@ class Phone:
             lambda: establish_trust(self.trust, http, found.certprov_url, now(), cfg.anon_http_port),
             _describe_chain,
         )
-        http.set_trust(trust_context(trusted.bundle_pem))
+        http.set_trust(trusted.https_trust(now()))
         for attempt in (1, 2):  # ErrorInfo 3001: discard the ticket and get a new one, once
             try:
                 p.certificate = self._enroll(http, p, found.certprov_url, trusted, now, retry=attempt == 1)

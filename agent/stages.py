@@ -10,6 +10,9 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
 
 class Stage(enum.StrEnum):
     """Sign-in stages, in boot order (protocol.md §2)."""
@@ -48,6 +51,16 @@ class StageResult:
         }
 
 
+# What parsing an untrusted certificate can raise in cryptography 50 (several are not ValueErrors).
+X509_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
+
+
 class AgentError(Exception):
     """Base of every error the agent raises: names the stage (when known), a code and a remedy.
 
@@ -81,3 +94,9 @@ class StageError(AgentError):
 
     def __init__(self, stage: Stage, code: str | int, detail: str, remedy: str = "") -> None:
         super().__init__(stage, str(code), detail, remedy)
+
+
+def one_line(text: str | BaseException, limit: int = 200) -> str:
+    """Any message (or exception) flattened to one line of at most ``limit`` characters, for error details."""
+    flat = " ".join(str(text).split()) or (type(text).__name__ if isinstance(text, BaseException) else "")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent.net import HttpReply, PhoneHttp
+from agent.net import HttpReply, PhoneHttp, require_https
 from agent.stages import Stage, StageError, WireError
 from agent.wire import mex, webticket
 
@@ -44,7 +44,10 @@ class Endpoints:
 def find_endpoints(http: PhoneHttp, certprov_url: str) -> Endpoints:
     """Follow CertProv /mex → Web Ticket /mex to the PIN endpoint."""
     cp = mex.parse_certprov_mex(_get(http, certprov_url.rstrip("/") + "/mex"))
+    require_https(cp.webticket_url, STAGE, "the Web Ticket service URL in CertProv /mex")
+    require_https(cp.proof_url, STAGE, "the WebTicket_Proof URL in CertProv /mex")
     wt = mex.parse_webticket_mex(_get(http, cp.webticket_url.rstrip("/") + "/mex"))
+    require_https(wt.pin_url, STAGE, "the PIN endpoint in Web Ticket /mex")
     return Endpoints(cp.proof_url, cp.webticket_url, wt.pin_url)
 
 

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
-from agent.net import PhoneHttp, Resolver
+from agent.net import HttpsTrust, PhoneHttp, Resolver
 from agent.stages import AgentError, Stage, StageError, WireError
 from agent.truststore import TrustStore, ValidatedChain
 from agent.wire import pkcs7
@@ -38,6 +38,11 @@ class TrustResult:
     @property
     def intermediates(self) -> tuple[x509.Certificate, ...]:
         return self.validated.intermediates
+
+    def https_trust(self, phone_now: datetime) -> HttpsTrust:
+        return HttpsTrust.after_root_chain(
+            self.bundle_pem, self.validated.leaf.public_bytes(Encoding.DER), phone_now
+        )
 
 
 def rootchain_url(certprov_url: str, anon_port: int = 80) -> str:

@@ -31,9 +31,14 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.verification import PolicyBuilder, Store, Subject, VerificationError
+from cryptography.x509.verification import (
+    PolicyBuilder,
+    Store,
+    Subject,
+    VerificationError,
+)
 
-from agent.stages import Stage, StageError
+from agent.stages import X509_ERRORS, Stage, StageError
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s.*?-----END \1-----", re.DOTALL)
 _PROCESSING = re.compile(r"\(encountered processing <Certificate\(subject=<Name\((.*?)\)>, \.\.\.\)>\)")
@@ -268,7 +273,7 @@ def _load_pem_bundle(path: Path) -> tuple[list[x509.Certificate], list[str]]:
             warnings.simplefilter("always")
             try:
                 cert = x509.load_pem_x509_certificate(match.group(0))
-            except (ValueError, x509.InvalidVersion) as exc:
+            except X509_ERRORS as exc:
                 notes.append(f"{path}: PEM block {index} skipped, not a certificate ({_reason(exc)})")
                 continue
         certs.append(cert)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.atomic import atomic_write
+from agent.stages import X509_ERRORS, one_line
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOTS_DIR = PACKAGE_DIR / "roots"
@@ -73,8 +74,10 @@ def list_roots(roots_dir: Path = ROOTS_DIR) -> list[RootEntry]:
     for path in sorted(Path(roots_dir).glob("*.pem")):
         try:
             certs = x509.load_pem_x509_certificates(path.read_bytes())
-        except (OSError, ValueError, x509.InvalidVersion) as exc:
-            raise RootError(f"{path}: unreadable lab root ({_one_line(exc)})") from None
+        except OSError as exc:
+            raise RootError(f"{path}: unreadable lab root ({exc.strerror})") from None
+        except X509_ERRORS as exc:
+            raise RootError(f"{path}: unreadable lab root ({one_line(exc)})") from None
         entries.extend(RootEntry(path, c.subject.rfc4514_string(), c.not_valid_after_utc) for c in certs)
     return entries
 
@@ -87,11 +90,11 @@ def _load_one(path: Path) -> x509.Certificate:
     if b"-----BEGIN" not in data:
         try:
             return x509.load_der_x509_certificate(data)
-        except (ValueError, x509.InvalidVersion):
+        except X509_ERRORS:
             raise RootError(f"{path}: not a certificate (neither PEM nor DER X.509)") from None
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except (ValueError, x509.InvalidVersion):
+    except X509_ERRORS:
         raise RootError(f"{path}: no parsable PEM certificate in this file") from None
     if len(certs) != 1:
         raise RootError(f"{path}: holds {len(certs)} certificates; add one root at a time")
@@ -104,6 +107,8 @@ def _check_self_signed_ca(cert: x509.Certificate, path: Path) -> None:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         raise RootError(f"{path}: {subject} is not a CA (no basicConstraints)") from None
+    except X509_ERRORS as exc:
+        raise RootError(f"{path}: {subject} has malformed extensions ({one_line(exc)})") from None
     if not constraints.ca:
         raise RootError(f"{path}: {subject} is not a CA (basicConstraints CA=false)")
     if cert.issuer != cert.subject:
@@ -111,8 +116,4 @@ def _check_self_signed_ca(cert: x509.Certificate, path: Path) -> None:
     try:
         cert.verify_directly_issued_by(cert)
     except (InvalidSignature, ValueError, TypeError) as exc:
-        raise RootError(f"{path}: {subject} is not self-signed (own signature: {_one_line(exc)})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+        raise RootError(f"{path}: {subject} is not self-signed (own signature: {one_line(exc)})") from None

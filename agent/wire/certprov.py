@@ -41,10 +41,17 @@ from agent.wire.soap import (
     parse_envelope,
     parse_fault,
     parse_time,
+    qn,
     serialize,
+    sub,
     text_of,
 )
-from agent.wire.wssec import SignatureInfo, build_security, parse_security, signature_problem
+from agent.wire.wssec import (
+    SignatureInfo,
+    build_security,
+    parse_security,
+    signature_problem,
+)
 
 GET_AND_PUBLISH_ACTION = "http://schemas.microsoft.com/OCS/AuthWebServices/GetAndPublishCert"
 PKCS10_VALUE_TYPE = "http://schemas.microsoft.com/OCS/AuthWebServices.xsd#PKCS10"
@@ -132,57 +139,47 @@ class CertProvFault:
             return None
 
 
-def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
-    el = etree.SubElement(parent, tag, attrs)
-    if text is not None:
-        el.text = text
-    return el
-
-
-def _q(ns: str, local: str) -> str:
-    return f"{{{ns}}}{local}"
-
-
 # --- request --------------------------------------------------------------------------------------
 
 
 def _request_body(parent: etree._Element, req: CertRequest) -> None:
     wst = WST_SLASH_NS
     gap = new_element(
-        _q(OCS_NS, "GetAndPublishCert"),
+        qn(OCS_NS, "GetAndPublishCert"),
         {None: OCS_NS, "wst": wst, "wstep": WSTEP_NS},
         {"DeviceId": "{" + req.device_id.strip("{}") + "}", "Entity": req.entity},
         parent=parent,
     )
-    rst = _sub(gap, _q(wst, "RequestSecurityToken"))
-    _sub(rst, _q(wst, "TokenType"), X509V3_TOKEN_TYPE)
-    _sub(rst, _q(wst, "RequestType"), ISSUE_REQUEST_TYPE)
+    rst = sub(gap, wst, "RequestSecurityToken")
+    sub(rst, wst, "TokenType", X509V3_TOKEN_TYPE)
+    sub(rst, wst, "RequestType", ISSUE_REQUEST_TYPE)
     csr = b64encode_lines(req.csr_der)
-    _sub(
+    sub(
         rst,
-        _q(WSSE_NS, "BinarySecurityToken"),
+        WSSE_NS,
+        "BinarySecurityToken",
         csr,
         ValueType=PKCS10_VALUE_TYPE,
         EncodingType=BASE64_ENCODING_TYPE,
     )
-    _sub(rst, _q(WSTEP_NS, "RequestID"), req.request_id)
+    sub(rst, WSTEP_NS, "RequestID", req.request_id)
     if req.requested_expiry is not None:
-        _sub(_sub(rst, _q(wst, "Lifetime")), _q(WSU_NS, "Expires"), format_time(req.requested_expiry))
+        sub(sub(rst, wst, "Lifetime"), WSU_NS, "Expires", format_time(req.requested_expiry))
 
 
 def build_request(req: CertRequest, proof_key: bytes) -> bytes:
     """The §7.2 envelope, signed; POST it with ``SOAPAction: "<GET_AND_PUBLISH_ACTION>"``."""
     env = etree.Element(
-        _q(SOAP_NS, "Envelope"), nsmap={"s": SOAP_NS, "wsa": WSA_NS, "wsse": WSSE_NS, "wsu": WSU_NS}
+        qn(SOAP_NS, "Envelope"), nsmap={"s": SOAP_NS, "wsa": WSA_NS, "wsse": WSSE_NS, "wsu": WSU_NS}
     )
-    header = _sub(env, _q(SOAP_NS, "Header"))
-    _sub(header, _q(WSA_NS, "To"), req.to)
-    _sub(_sub(header, _q(WSA_NS, "ReplyTo")), _q(WSA_NS, "Address"), ANONYMOUS_ADDRESS)
-    _sub(header, _q(WSA_NS, "MessageID"), req.message_id)
-    _sub(header, _q(WSA_NS, "Action"), GET_AND_PUBLISH_ACTION)
-    security = _sub(header, _q(WSSE_NS, "Security"))
+    header = sub(env, SOAP_NS, "Header")
+    sub(header, WSA_NS, "To", req.to)
+    sub(sub(header, WSA_NS, "ReplyTo"), WSA_NS, "Address", ANONYMOUS_ADDRESS)
+    sub(header, WSA_NS, "MessageID", req.message_id)
+    sub(header, WSA_NS, "Action", GET_AND_PUBLISH_ACTION)
+    security = sub(header, WSSE_NS, "Security")
     build_security(security, req.created, req.expires, req.assertion_xml, req.assertion_id, proof_key)
-    _request_body(_sub(env, _q(SOAP_NS, "Body")), req)
+    _request_body(sub(env, SOAP_NS, "Body"), req)
     return serialize(env)
 
 
@@ -253,7 +250,7 @@ def verify_request_signature(parsed: ParsedCertRequest, proof_key: bytes) -> boo
 
 def _response_root() -> etree._Element:
     return new_element(
-        _q(OCS_NS, "GetAndPublishCertResponse"),
+        qn(OCS_NS, "GetAndPublishCertResponse"),
         {None: OCS_NS, "wst": WST_NS, "wsse": WSSE_NS, "wstep": WSTEP_NS},
     )
 
@@ -261,26 +258,27 @@ def _response_root() -> etree._Element:
 def build_response(cert_der: bytes, request_id: str) -> bytes:
     """§7.4 success: the issued leaf certificate, DER in base64, and the echoed RequestID."""
     root = _response_root()
-    rstr = _sub(root, _q(WST_NS, "RequestSecurityTokenResponse"))
-    _sub(rstr, _q(WST_NS, "TokenType"), X509V3_TOKEN_TYPE)
-    token = _sub(rstr, _q(WST_NS, "RequestedSecurityToken"))
-    _sub(
+    rstr = sub(root, WST_NS, "RequestSecurityTokenResponse")
+    sub(rstr, WST_NS, "TokenType", X509V3_TOKEN_TYPE)
+    token = sub(rstr, WST_NS, "RequestedSecurityToken")
+    sub(
         token,
-        _q(WSSE_NS, "BinarySecurityToken"),
+        WSSE_NS,
+        "BinarySecurityToken",
         b64encode(cert_der),
         ValueType=X509V3_VALUE_TYPE,
         EncodingType=BASE64_ENCODING_TYPE,
     )
-    _sub(rstr, _q(WSTEP_NS, "RequestID"), request_id)
+    sub(rstr, WSTEP_NS, "RequestID", request_id)
     return envelope(root)
 
 
 def build_error(code: CertProvCode | int, reason: str) -> bytes:
     """§7.4 error: HTTP 200 with ``GetAndPublishCertResponse/ErrorInfo/{ErrorId, Reason}``."""
     root = _response_root()
-    info = _sub(root, _q(OCS_NS, "ErrorInfo"))
-    _sub(info, _q(OCS_NS, "ErrorId"), str(int(code)))
-    _sub(info, _q(OCS_NS, "Reason"), reason)
+    info = sub(root, OCS_NS, "ErrorInfo")
+    sub(info, OCS_NS, "ErrorId", str(int(code)))
+    sub(info, OCS_NS, "Reason", reason)
     return envelope(root)
 
 

@@ -23,7 +23,9 @@ from agent.wire.soap import (
     is_element,
     local_name,
     parse_xml,
+    qn,
     serialize,
+    sub,
 )
 
 WSDL_NS = "http://schemas.xmlsoap.org/wsdl/"
@@ -58,57 +60,44 @@ class WebTicketMex:
     negotiate_url: str | None
 
 
-def _q(ns: str, local: str) -> str:
-    return f"{{{ns}}}{local}"
-
-
-def _sub(
-    parent: etree._Element, ns: str, local: str, text: str | None = None, **attrs: str
-) -> etree._Element:
-    el = etree.SubElement(parent, _q(ns, local), attrs)
-    if text is not None:
-        el.text = text
-    return el
-
-
 def _definitions(name: str) -> etree._Element:
     return etree.Element(
-        _q(WSDL_NS, "definitions"),
+        qn(WSDL_NS, "definitions"),
         {"name": name, "targetNamespace": OCS_NS},
         nsmap={**_NSMAP, "tns": OCS_NS},
     )
 
 
 def _port(service: etree._Element, name: str, location: str) -> None:
-    port = _sub(service, WSDL_NS, "port", name=name, binding=f"tns:{name}")
-    _sub(port, WSDL_SOAP_NS, "address", location=location)
+    port = sub(service, WSDL_NS, "port", name=name, binding=f"tns:{name}")
+    sub(port, WSDL_SOAP_NS, "address", location=location)
 
 
 def _binding(root: etree._Element, name: str, policy_id: str | None = None) -> None:
-    binding = _sub(root, WSDL_NS, "binding", name=name, type=f"tns:{name}")
+    binding = sub(root, WSDL_NS, "binding", name=name, type=f"tns:{name}")
     if policy_id is not None:
-        _sub(binding, WSP_NS, "PolicyReference", URI=f"#{policy_id}")
-    _sub(binding, WSDL_SOAP_NS, "binding", transport=SOAP_HTTP_TRANSPORT)
+        sub(binding, WSP_NS, "PolicyReference", URI=f"#{policy_id}")
+    sub(binding, WSDL_SOAP_NS, "binding", transport=SOAP_HTTP_TRANSPORT)
 
 
 def build_certprov_mex(certprov_base: str, webticket_base: str) -> bytes:
     """CertProv WSDL: the endorsing IssuedToken policy naming the Web Ticket service, and the proof port."""
     certprov_base = certprov_base.rstrip("/")
     root = _definitions("CertProvisioningService")
-    policy = _sub(root, WSP_NS, "Policy", **{_q(WSU_NS, "Id"): CERTPROV_POLICY_ID})
-    every = _sub(_sub(policy, WSP_NS, "ExactlyOne"), WSP_NS, "All")
-    transport = _sub(_sub(every, SP_NS, "TransportBinding"), WSP_NS, "Policy")
-    _sub(_sub(_sub(transport, SP_NS, "TransportToken"), WSP_NS, "Policy"), SP_NS, "HttpsToken")
-    endorsing = _sub(_sub(every, SP_NS, "EndorsingSupportingTokens"), WSP_NS, "Policy")
-    issued = _sub(
+    policy = sub(root, WSP_NS, "Policy", **{qn(WSU_NS, "Id"): CERTPROV_POLICY_ID})
+    every = sub(sub(policy, WSP_NS, "ExactlyOne"), WSP_NS, "All")
+    transport = sub(sub(every, SP_NS, "TransportBinding"), WSP_NS, "Policy")
+    sub(sub(sub(transport, SP_NS, "TransportToken"), WSP_NS, "Policy"), SP_NS, "HttpsToken")
+    endorsing = sub(sub(every, SP_NS, "EndorsingSupportingTokens"), WSP_NS, "Policy")
+    issued = sub(
         endorsing,
         SP_NS,
         "IssuedToken",
-        **{_q(SP_NS, "IncludeToken"): SP_NS + "/IncludeToken/AlwaysToRecipient"},
+        **{qn(SP_NS, "IncludeToken"): SP_NS + "/IncludeToken/AlwaysToRecipient"},
     )
-    _sub(_sub(issued, SP_NS, "Issuer"), WSA_NS, "Address", webticket_base)
+    sub(sub(issued, SP_NS, "Issuer"), WSA_NS, "Address", webticket_base)
     _binding(root, CERTPROV_PORT, CERTPROV_POLICY_ID)
-    service = _sub(root, WSDL_NS, "service", name="CertProvisioningService")
+    service = sub(root, WSDL_NS, "service", name="CertProvisioningService")
     _port(service, CERTPROV_PORT, certprov_base + "/WebTicket_Proof")
     return serialize(root)
 
@@ -119,7 +108,7 @@ def build_webticket_mex(base: str) -> bytes:
     root = _definitions("WebTicketService")
     _binding(root, WEBTICKET_PIN_PORT)
     _binding(root, WEBTICKET_NEGOTIATE_PORT)
-    service = _sub(root, WSDL_NS, "service", name="WebTicketService")
+    service = sub(root, WSDL_NS, "service", name="WebTicketService")
     _port(service, WEBTICKET_PIN_PORT, base + "/Pin")
     _port(service, WEBTICKET_NEGOTIATE_PORT, base)
     return serialize(root)

@@ -12,10 +12,9 @@ import warnings
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from agent.stages import Stage, WireError
+from agent.stages import X509_ERRORS, Stage, WireError, one_line
 
 CONTENT_TYPE = "application/pkcs7-mime; smime-type=certs-only"
 MAX_BYTES = 256 * 1024
@@ -47,9 +46,9 @@ def decode_certs_only(der: bytes, max_bytes: int = MAX_BYTES) -> tuple[x509.Cert
         warnings.simplefilter("always")
         try:
             certs = pkcs7.load_der_pkcs7_certificates(der)
-        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        except X509_ERRORS as exc:
             raise _error(
-                f"root chain body is not a DER PKCS#7 certs-only SignedData ({_one_line(exc)})"
+                f"root chain body is not a DER PKCS#7 certs-only SignedData ({one_line(exc)})"
             ) from None
     if any("BER" in str(w.message) for w in caught):
         raise _error("root chain body is BER, not DER, PKCS#7")
@@ -76,10 +75,6 @@ def _check_single_der_object(der: bytes) -> None:
         raise _error(
             f"root chain body length mismatch: DER object is {header + length} bytes, body {len(der)}"
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _error(detail: str) -> WireError:

@@ -19,7 +19,7 @@ from typing import cast
 
 from lxml import etree
 
-from agent.stages import Stage, WireError
+from agent.stages import Stage, WireError, one_line
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
@@ -80,20 +80,15 @@ def parse_xml(data: bytes, *, stage: Stage | None = None, max_bytes: int = MAX_X
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
-        raise WireError(f"XML is not well-formed: {_one_line(str(exc))}", stage) from None
+        raise WireError(f"XML is not well-formed: {one_line(str(exc))}", stage) from None
     except (etree.LxmlError, ValueError) as exc:
-        raise WireError(f"XML cannot be parsed: {_one_line(str(exc))}", stage) from None
+        raise WireError(f"XML cannot be parsed: {one_line(str(exc))}", stage) from None
     if root is None:
         raise WireError("XML body has no root element", stage)
     # Second line of defence for encodings the byte scan cannot see (UTF-16, UTF-32).
     if root.getroottree().docinfo.internalDTD is not None:
         raise WireError("XML has a DOCTYPE (entities are not accepted)", stage)
     return root
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def qname(el: etree._Element) -> str:
@@ -153,6 +148,19 @@ def new_element(
     return etree.SubElement(parent, tag, attrib or {}, nsmap=typed)
 
 
+def qn(ns: str, local: str) -> str:
+    """Clark notation ``{ns}local``."""
+    return f"{{{ns}}}{local}"
+
+
+def sub(parent: etree._Element, ns: str, local: str, text: str | None = None, **attrs: str) -> etree._Element:
+    """A namespaced child element with optional text: the one element builder every codec uses."""
+    el = etree.SubElement(parent, qn(ns, local), attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
 def serialize(root: etree._Element) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="utf-8")
 
@@ -163,7 +171,7 @@ def exc_c14n(el: etree._Element, stage: Stage | None = None) -> bytes:
         return etree.tostring(el, method="c14n", exclusive=True, with_comments=False)
     except (etree.LxmlError, ValueError) as exc:
         # libxml2 refuses e.g. relative namespace URIs.
-        raise WireError(f"<{qname(el)}> cannot be canonicalised: {_one_line(str(exc))}", stage) from None
+        raise WireError(f"<{qname(el)}> cannot be canonicalised: {one_line(str(exc))}", stage) from None
 
 
 def detached(el: etree._Element) -> bytes:
@@ -277,7 +285,7 @@ def parse_time(text: str | None, what: str, stage: Stage | None = None) -> datet
     m = _DATETIME.fullmatch((text or "").strip(XML_WS))
     if m is None:
         raise WireError(
-            f"<{what}> is not an xs:dateTime with a time zone: {_one_line(text or '', 40)!r}", stage
+            f"<{what}> is not an xs:dateTime with a time zone: {one_line(text or '', 40)!r}", stage
         )
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     fraction, zone = m.group(7), m.group(8)

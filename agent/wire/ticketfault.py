@@ -13,7 +13,15 @@ from enum import IntEnum
 from lxml import etree
 
 from agent.stages import Stage, WireError
-from agent.wire.soap import AF_NS, NS, XML_WS, build_fault, find_text, parse_envelope, parse_fault
+from agent.wire.soap import (
+    AF_NS,
+    NS,
+    XML_WS,
+    build_fault,
+    find_text,
+    parse_envelope,
+    parse_fault,
+)
 
 _STAGE = Stage.WEB_TICKET
 FAULT_KIND = "Client:Auth"

@@ -43,8 +43,14 @@ from agent.wire.soap import (
     parse_envelope,
     parse_fault,
     parse_time,
+    sub,
 )
-from agent.wire.ticketfault import TicketFault, TicketFaultCode, build_ticket_fault, parse_ticket_fault
+from agent.wire.ticketfault import (
+    TicketFault,
+    TicketFaultCode,
+    build_ticket_fault,
+    parse_ticket_fault,
+)
 
 __all__ = [
     "RstRequest",
@@ -124,13 +130,6 @@ class RstRequest:
         )
 
 
-def _el(parent: etree._Element, ns: str, local: str, text: str | None = None, **attrs: str) -> etree._Element:
-    el = etree.SubElement(parent, f"{{{ns}}}{local}", attrs)
-    if text is not None:
-        el.text = text
-    return el
-
-
 def build_rst(req: RstRequest) -> bytes:
     """The §6.2 envelope; POST it with ``SOAPAction: "<RST_ISSUE_ACTION>"``."""
     if bool(req.username) != bool(req.password):
@@ -138,25 +137,25 @@ def build_rst(req: RstRequest) -> bytes:
     headers = []
     if req.username:
         security = etree.Element(f"{{{WSSE_NS}}}Security", nsmap={"wsse": WSSE_NS})
-        token = _el(security, WSSE_NS, "UsernameToken")
-        _el(token, WSSE_NS, "Username", req.username)
-        _el(token, WSSE_NS, "Password", req.password, Type=PASSWORD_TEXT)
+        token = sub(security, WSSE_NS, "UsernameToken")
+        sub(token, WSSE_NS, "Username", req.username)
+        sub(token, WSSE_NS, "Password", req.password, Type=PASSWORD_TEXT)
         headers.append(security)
     rst = etree.Element(
         f"{{{WST_NS}}}RequestSecurityToken",
         {"Context": req.context},
         nsmap={"wst": WST_NS, "wsp": WSP_NS, "wsa": WSA_NS, "auth": AUTH_NS},
     )
-    _el(rst, WST_NS, "TokenType", SAML11_TOKEN_TYPE)
-    _el(rst, WST_NS, "RequestType", ISSUE_REQUEST_TYPE)
-    reference = _el(_el(rst, WSP_NS, "AppliesTo"), WSA_NS, "EndpointReference")
-    _el(reference, WSA_NS, "Address", req.applies_to)
+    sub(rst, WST_NS, "TokenType", SAML11_TOKEN_TYPE)
+    sub(rst, WST_NS, "RequestType", ISSUE_REQUEST_TYPE)
+    reference = sub(sub(rst, WSP_NS, "AppliesTo"), WSA_NS, "EndpointReference")
+    sub(reference, WSA_NS, "Address", req.applies_to)
     if req.claims_uri is not None:
-        claims = _el(rst, WST_NS, "Claims", Dialect=CLAIMS_DIALECT)
-        claim = _el(claims, AUTH_NS, "ClaimType", Uri=CLAIM_URI_TYPE, Optional="false")
-        _el(claim, AUTH_NS, "Value", req.claims_uri)
-    _el(_el(rst, WST_NS, "Entropy"), WST_NS, "BinarySecret", b64encode(req.client_entropy))
-    _el(rst, WST_NS, "KeyType", SYMMETRIC_KEY_TYPE)
+        claims = sub(rst, WST_NS, "Claims", Dialect=CLAIMS_DIALECT)
+        claim = sub(claims, AUTH_NS, "ClaimType", Uri=CLAIM_URI_TYPE, Optional="false")
+        sub(claim, AUTH_NS, "Value", req.claims_uri)
+    sub(sub(rst, WST_NS, "Entropy"), WST_NS, "BinarySecret", b64encode(req.client_entropy))
+    sub(rst, WST_NS, "KeyType", SYMMETRIC_KEY_TYPE)
     return envelope(rst, headers)
 
 
@@ -254,10 +253,10 @@ def _assertion(
         ("IssueInstant", format_time(start)),
     ):
         a.set(key, value)
-    _el(a, SAML_NS, "Conditions", NotBefore=format_time(start), NotOnOrAfter=format_time(end))
-    subject = _el(_el(a, SAML_NS, "AttributeStatement"), SAML_NS, "Subject")
-    _el(subject, SAML_NS, "NameIdentifier", sip_uri, Format=CLAIM_URI_TYPE)
-    _el(_el(subject, SAML_NS, "SubjectConfirmation"), SAML_NS, "ConfirmationMethod", HOLDER_OF_KEY)
+    sub(a, SAML_NS, "Conditions", NotBefore=format_time(start), NotOnOrAfter=format_time(end))
+    subject = sub(sub(a, SAML_NS, "AttributeStatement"), SAML_NS, "Subject")
+    sub(subject, SAML_NS, "NameIdentifier", sip_uri, Format=CLAIM_URI_TYPE)
+    sub(sub(subject, SAML_NS, "SubjectConfirmation"), SAML_NS, "ConfirmationMethod", HOLDER_OF_KEY)
 
 
 def build_rstr(
@@ -275,15 +274,15 @@ def build_rstr(
     action.set(f"{{{SOAP_NS}}}mustUnderstand", "1")
     action.text = RSTRC_ISSUE_FINAL_ACTION
     collection = new_element(f"{{{WST_NS}}}RequestSecurityTokenResponseCollection", {None: WST_NS})
-    rstr = _el(collection, WST_NS, "RequestSecurityTokenResponse", Context=context)
-    _el(rstr, WST_NS, "TokenType", SAML11_TOKEN_TYPE)
-    _assertion(_el(rstr, WST_NS, "RequestedSecurityToken"), assertion_id, issuer, sip_uri, issued_at, expires)
-    _el(_el(rstr, WST_NS, "RequestedProofToken"), WST_NS, "ComputedKey", PSHA1_COMPUTED_KEY)
-    _el(_el(rstr, WST_NS, "Entropy"), WST_NS, "BinarySecret", b64encode(server_entropy))
-    life = _el(rstr, WST_NS, "Lifetime")
+    rstr = sub(collection, WST_NS, "RequestSecurityTokenResponse", Context=context)
+    sub(rstr, WST_NS, "TokenType", SAML11_TOKEN_TYPE)
+    _assertion(sub(rstr, WST_NS, "RequestedSecurityToken"), assertion_id, issuer, sip_uri, issued_at, expires)
+    sub(sub(rstr, WST_NS, "RequestedProofToken"), WST_NS, "ComputedKey", PSHA1_COMPUTED_KEY)
+    sub(sub(rstr, WST_NS, "Entropy"), WST_NS, "BinarySecret", b64encode(server_entropy))
+    life = sub(rstr, WST_NS, "Lifetime")
     for name, when in (("Created", issued_at), ("Expires", expires)):
         new_element(f"{{{WSU_NS}}}{name}", {None: WSU_NS}, parent=life).text = format_time(when)
-    _el(rstr, WST_NS, "KeySize", str(KEY_SIZE_BITS))
+    sub(rstr, WST_NS, "KeySize", str(KEY_SIZE_BITS))
     return envelope(collection, [action])
 
 

@@ -32,6 +32,7 @@ from agent.wire.soap import (
     format_time,
     parse_xml,
     qname,
+    sub,
     text_of,
 )
 
@@ -71,15 +72,6 @@ class SignatureInfo:
         )
 
 
-def _sub(
-    parent: etree._Element, ns: str, local: str, text: str | None = None, **attrs: str
-) -> etree._Element:
-    el = etree.SubElement(parent, f"{{{ns}}}{local}", attrs)
-    if text is not None:
-        el.text = text
-    return el
-
-
 def build_security(
     security: etree._Element,
     created: datetime,
@@ -89,22 +81,22 @@ def build_security(
     proof_key: bytes,
 ) -> None:
     """Fill an empty ``wsse:Security`` element: Timestamp, the Assertion as given, and the Signature."""
-    timestamp = _sub(security, WSU_NS, "Timestamp", **{f"{{{WSU_NS}}}Id": TIMESTAMP_ID})
-    _sub(timestamp, WSU_NS, "Created", format_time(created))
-    _sub(timestamp, WSU_NS, "Expires", format_time(expires))
+    timestamp = sub(security, WSU_NS, "Timestamp", **{f"{{{WSU_NS}}}Id": TIMESTAMP_ID})
+    sub(timestamp, WSU_NS, "Created", format_time(created))
+    sub(timestamp, WSU_NS, "Expires", format_time(expires))
     security.append(parse_xml(assertion_xml))
     signature = etree.SubElement(security, f"{{{DS_NS}}}Signature", nsmap={"ds": DS_NS})
-    signed_info = _sub(signature, DS_NS, "SignedInfo")
-    _sub(signed_info, DS_NS, "CanonicalizationMethod", Algorithm=EXC_C14N)
-    _sub(signed_info, DS_NS, "SignatureMethod", Algorithm=HMAC_SHA1)
-    reference = _sub(signed_info, DS_NS, "Reference", URI=f"#{TIMESTAMP_ID}")
-    _sub(_sub(reference, DS_NS, "Transforms"), DS_NS, "Transform", Algorithm=EXC_C14N)
-    _sub(reference, DS_NS, "DigestMethod", Algorithm=SHA1_DIGEST)
-    _sub(reference, DS_NS, "DigestValue", b64encode(hashlib.sha1(exc_c14n(timestamp)).digest()))
+    signed_info = sub(signature, DS_NS, "SignedInfo")
+    sub(signed_info, DS_NS, "CanonicalizationMethod", Algorithm=EXC_C14N)
+    sub(signed_info, DS_NS, "SignatureMethod", Algorithm=HMAC_SHA1)
+    reference = sub(signed_info, DS_NS, "Reference", URI=f"#{TIMESTAMP_ID}")
+    sub(sub(reference, DS_NS, "Transforms"), DS_NS, "Transform", Algorithm=EXC_C14N)
+    sub(reference, DS_NS, "DigestMethod", Algorithm=SHA1_DIGEST)
+    sub(reference, DS_NS, "DigestValue", b64encode(hashlib.sha1(exc_c14n(timestamp)).digest()))
     mac = hmac.digest(proof_key, exc_c14n(signed_info), "sha1")
-    _sub(signature, DS_NS, "SignatureValue", b64encode(mac))
-    str_el = _sub(_sub(signature, DS_NS, "KeyInfo"), WSSE_NS, "SecurityTokenReference")
-    _sub(str_el, WSSE_NS, "KeyIdentifier", assertion_id, ValueType=SAML_ASSERTION_ID_TYPE)
+    sub(signature, DS_NS, "SignatureValue", b64encode(mac))
+    str_el = sub(sub(signature, DS_NS, "KeyInfo"), WSSE_NS, "SecurityTokenReference")
+    sub(str_el, WSSE_NS, "KeyIdentifier", assertion_id, ValueType=SAML_ASSERTION_ID_TYPE)
 
 
 def _elements_with_id(root: etree._Element, ident: str) -> list[etree._Element]:

@@ -84,8 +84,9 @@ class Lab:
         return self.node.cfg.state_dir / "logs"
 
 
-def start_lab(tmp: Path, **cfg_changes: object) -> Lab:
+def start_lab(tmp: Path, shift: timedelta = timedelta(), **cfg_changes: object) -> Lab:
     clock = ShiftedClock()
+    clock.shift = shift
     cfg = PoolConfig(
         state_dir=tmp / "pool",
         ports=Ports(0, 0, 0, 0),

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from agent import enroll, ticket
-from agent.net import PhoneHttp, Resolver, trust_context
+from agent.net import HttpsTrust, PhoneHttp, Resolver
 from agent.stages import Stage, StageError
 from agent.wire import certprov
 from tests.e2e.conftest import ALICE, ALICE_NUMBER, ALICE_PIN, BOB, Lab
@@ -27,7 +27,7 @@ CERTPROV_XML = {
 def http(lab: Lab) -> Iterator[PhoneHttp]:
     run = lab.boot()
     assert run.trust is not None
-    client = PhoneHttp(Resolver({lab.node.cfg.fqdn: "127.0.0.1"}), 5.0, trust_context(run.trust.bundle_pem))
+    client = PhoneHttp(Resolver({lab.node.cfg.fqdn: "127.0.0.1"}), 5.0, HttpsTrust(run.trust.bundle_pem))
     yield client
     client.close()
 

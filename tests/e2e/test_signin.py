@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import stat
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from agent.stages import Stage
 from tests.e2e.conftest import ALICE, ALICE_NUMBER, ALICE_PIN, Lab, start_lab
@@ -38,9 +40,7 @@ def test_sign_in_publishes_and_returns_the_certificate(lab: Lab) -> None:
     assert cert.subject.rfc4514_string() == "CN=alice@lab.test"
     rows = lab.node.store.certificates(ALICE)
     assert [r.thumbprint for r in rows] == [thumbprint(cert)]
-    assert rows[0].der == cert.public_bytes(
-        __import__("cryptography").hazmat.primitives.serialization.Encoding.DER
-    )
+    assert rows[0].der == cert.public_bytes(serialization.Encoding.DER)
 
 
 def test_key_file_is_private(lab: Lab) -> None:
@@ -106,6 +106,18 @@ def test_chain_without_its_issuing_ca_names_the_missing_issuer(tmp_path: Path) -
     assert outcome(run)["WEB_TICKET"] == ("skipped", None)
 
 
+def test_phone_checks_dates_at_its_sntp_time_not_the_system_clock(tmp_path: Path) -> None:
+    """A pool two days ahead: its web certificate is not yet valid by the system clock, but it is by the
+    phone's SNTP-corrected clock, which is the one a phone goes by."""
+    lab = start_lab(tmp_path, shift=timedelta(days=2))
+    try:
+        run = lab.boot()
+    finally:
+        lab.node.stop()
+    assert run.ok, run.diagnosis
+    assert run.time_sync is not None and abs(run.time_sync.offset_s - 2 * 86400) < 5
+
+
 def test_phone_without_the_lab_root_names_the_lab_root(lab: Lab) -> None:
     run = lab.boot(trust=lab.trust(with_lab_root=False))
     assert outcome(run)["ROOT_CHAIN"] == ("failed", "CHAIN_INCOMPLETE")
@@ -119,8 +131,6 @@ def test_no_secret_in_any_log(
     lab.boot(lab.phone_config(pin="86420"))
     run = lab.boot()
     assert run.ok and run.key is not None
-    from cryptography.hazmat.primitives import serialization
-
     key_pem = run.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()

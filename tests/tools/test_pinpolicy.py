@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.stages import Stage
+from agent.wire.ticketfault import TicketFaultCode
 from tools.pool.errors import ConfigError, PoolError, StoreUnavailable
-from tools.pool.pinpolicy import PinAuthError, PinPolicy, PinReason, authenticate, hash_pin, verify_pin
+from tools.pool.pinpolicy import PinAuthError, PinPolicy, authenticate, hash_pin, verify_pin
 from tools.pool.store import SqliteStore, StoreBlocker, User
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -50,10 +51,10 @@ class Pool:
             self.errors.append(exc)
             raise
 
-    def refused(self, code: PinReason, username: str, pin: str = PIN, **kw: object) -> PinAuthError:
+    def refused(self, code: TicketFaultCode, username: str, pin: str = PIN, **kw: object) -> PinAuthError:
         with pytest.raises(PinAuthError) as err:
             self.auth(username, pin, **kw)  # type: ignore[arg-type]
-        assert (err.value.code, err.value.reason) == (str(int(code)), code.name)
+        assert (err.value.code, err.value.reason) == (str(int(code)), code.reason_name)
         assert err.value.stage is Stage.WEB_TICKET
         return err.value
 
@@ -175,21 +176,23 @@ def test_success_by_number_extension_and_claim(pool: Pool) -> None:
 
 
 def test_unknown_number_and_wrong_pin_are_pin_invalid(pool: Pool) -> None:
-    pool.refused(PinReason.PinInvalid, "9999")
-    pool.refused(PinReason.PinInvalid, "1219", "11111")
+    pool.refused(TicketFaultCode.PIN_INVALID, "9999")
+    pool.refused(TicketFaultCode.PIN_INVALID, "1219", "11111")
     record = pool.store.pin_record(ALICE.sip_uri)
     assert record is not None and len(record.failures) == 1 and record.global_failures == 1
 
 
 def test_four_digit_pin_locks_on_the_tenth_failure_and_unlocks_after_lock_for(pool: Pool) -> None:
     for n in range(9):
-        pool.refused(PinReason.PinInvalid, "2000", "0000", at=AT + timedelta(seconds=n))
+        pool.refused(TicketFaultCode.PIN_INVALID, "2000", "0000", at=AT + timedelta(seconds=n))
     assert pool.auth("2000", SHORT_PIN, at=AT + timedelta(seconds=9)) == BOB  # resets the window
     for n in range(10):
-        pool.refused(PinReason.PinInvalid, "2000", "0000", at=AT + timedelta(seconds=10 + n))
+        pool.refused(TicketFaultCode.PIN_INVALID, "2000", "0000", at=AT + timedelta(seconds=10 + n))
     tenth = AT + timedelta(seconds=19)
-    pool.refused(PinReason.PinLocked, "2000", SHORT_PIN, at=tenth + timedelta(seconds=1))
-    pool.refused(PinReason.PinLocked, "2000", SHORT_PIN, at=tenth + POLICY.lock_for - timedelta(seconds=1))
+    pool.refused(TicketFaultCode.PIN_LOCKED, "2000", SHORT_PIN, at=tenth + timedelta(seconds=1))
+    pool.refused(
+        TicketFaultCode.PIN_LOCKED, "2000", SHORT_PIN, at=tenth + POLICY.lock_for - timedelta(seconds=1)
+    )
     assert pool.auth("2000", SHORT_PIN, at=tenth + POLICY.lock_for) == BOB
     record = pool.store.pin_record(BOB.sip_uri)
     assert record is not None and record.failures == () and record.locked_until is None
@@ -198,17 +201,17 @@ def test_four_digit_pin_locks_on_the_tenth_failure_and_unlocks_after_lock_for(po
 
 def test_maximum_logon_attempts_overrides_local_limit(pool: Pool) -> None:
     policy = PinPolicy(max_logon_attempts=2)
-    pool.refused(PinReason.PinInvalid, "1219", "11111", policy=policy)
-    pool.refused(PinReason.PinInvalid, "1219", "11111", policy=policy)
-    pool.refused(PinReason.PinLocked, "1219", policy=policy)
+    pool.refused(TicketFaultCode.PIN_INVALID, "1219", "11111", policy=policy)
+    pool.refused(TicketFaultCode.PIN_INVALID, "1219", "11111", policy=policy)
+    pool.refused(TicketFaultCode.PIN_LOCKED, "1219", policy=policy)
 
 
 def test_global_limit_locks_until_admin_unlock(pool: Pool) -> None:
     policy = PinPolicy(max_logon_attempts=999)  # local limit out of the way; 4-digit global limit is 100
     for n in range(100):
-        pool.refused(PinReason.PinInvalid, "2000", "0000", at=AT + timedelta(seconds=n), policy=policy)
+        pool.refused(TicketFaultCode.PIN_INVALID, "2000", "0000", at=AT + timedelta(seconds=n), policy=policy)
     years = AT + timedelta(days=400)
-    pool.refused(PinReason.PinLocked, "2000", SHORT_PIN, at=years, policy=policy)
+    pool.refused(TicketFaultCode.PIN_LOCKED, "2000", SHORT_PIN, at=years, policy=policy)
     pool.store.unlock_pin(BOB.sip_uri)
     assert pool.auth("2000", SHORT_PIN, at=years, policy=policy) == BOB
 
@@ -216,7 +219,7 @@ def test_global_limit_locks_until_admin_unlock(pool: Pool) -> None:
 def test_failure_counted_on_every_unlocked_candidate(pool: Pool) -> None:
     desk = User("sip:desk@lab.test", "tel:+14255551219;ext=7", "Desk")
     pool.add(desk, "55012")
-    pool.refused(PinReason.PinInvalid, "+14255551219", "11111")
+    pool.refused(TicketFaultCode.PIN_INVALID, "+14255551219", "11111")
     counts = [pool.store.pin_record(u.sip_uri) for u in (ALICE, desk, BOB)]
     assert [r.global_failures if r else None for r in counts] == [1, 1, 0]
     assert pool.auth("+14255551219", "55012") == desk  # the PIN picks among the number's users
@@ -227,7 +230,7 @@ def test_locked_candidates_are_skipped_and_not_counted(pool: Pool) -> None:
     pool.add(desk, "55012")
     pool.store.record_pin_failure(desk.sip_uri, AT, POLICY.window, 1, POLICY.lock_for, 1000)
     assert pool.auth("+14255551219") == ALICE
-    pool.refused(PinReason.PinInvalid, "+14255551219", "11111")
+    pool.refused(TicketFaultCode.PIN_INVALID, "+14255551219", "11111")
     desk_record = pool.store.pin_record(desk.sip_uri)
     assert desk_record is not None and desk_record.global_failures == 1
 
@@ -235,7 +238,7 @@ def test_locked_candidates_are_skipped_and_not_counted(pool: Pool) -> None:
 def test_same_pin_on_a_shared_number_is_ambiguous_unless_the_line_decides(pool: Pool) -> None:
     desk = User("sip:desk@lab.test", "tel:+14255551219;ext=7", "Desk")
     pool.add(desk)
-    pool.refused(PinReason.PhoneAmbiguous, "+14255551219")
+    pool.refused(TicketFaultCode.PHONE_AMBIGUOUS, "+14255551219")
     assert pool.auth("+14255551219;ext=7") == desk
     assert pool.auth("7") == desk
     lobby = User("sip:lobby@lab.test", "tel:+14255551219", "Lobby")  # the number itself, no extension
@@ -250,19 +253,19 @@ def test_expired_pin_comes_before_disabled(pool: Pool) -> None:
     assert pool.auth("1219", at=AT + timedelta(days=29), policy=policy) == ALICE
     off = User("sip:off@lab.test", "tel:+14255553000;ext=3000", "Off", enabled=False)
     pool.add(off)
-    pool.refused(PinReason.PinExpired, "3000", at=AT + timedelta(days=30), policy=policy)
-    pool.refused(PinReason.PinAuthDisabled, "3000", at=AT + timedelta(days=29), policy=policy)
+    pool.refused(TicketFaultCode.PIN_EXPIRED, "3000", at=AT + timedelta(days=30), policy=policy)
+    pool.refused(TicketFaultCode.PIN_AUTH_DISABLED, "3000", at=AT + timedelta(days=29), policy=policy)
 
 
 def test_pin_auth_disabled(pool: Pool) -> None:
     pool.add(User("sip:nopin@lab.test", "tel:+14255554000;ext=4000", "No PIN", pin_auth_enabled=False))
-    pool.refused(PinReason.PinAuthDisabled, "4000")
+    pool.refused(TicketFaultCode.PIN_AUTH_DISABLED, "4000")
 
 
 def test_claim_mismatch_is_checked_last(pool: Pool) -> None:
-    err = pool.refused(PinReason.ClaimMismatch, "1219", claims="sip:bob@lab.test")
+    err = pool.refused(TicketFaultCode.CLAIM_MISMATCH, "1219", claims="sip:bob@lab.test")
     assert "alice" not in err.detail  # do not tell a stranger whose PIN it was
-    pool.refused(PinReason.PinInvalid, "1219", "11111", claims="sip:bob@lab.test")
+    pool.refused(TicketFaultCode.PIN_INVALID, "1219", "11111", claims="sip:bob@lab.test")
 
 
 def test_sign_in_works_while_store_writes_are_blocked(pool: Pool) -> None:

@@ -21,11 +21,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from agent.stages import Stage
+from agent.stages import Stage, one_line
+from agent.wire.certprov import CertProvCode
 from tools.pool.errors import ConfigError, PoolError
 
-BAD_REQUEST = "3003"
-KEY_SIZE_REJECTED = "3004"
+BAD_REQUEST = CertProvCode.BAD_REQUEST
+KEY_SIZE_REJECTED = CertProvCode.KEY_SIZE_REJECTED
 MAX_CSR_BYTES = 64 * 1024
 _HASHES = (hashes.SHA1, hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
@@ -140,11 +141,6 @@ def _as_version_0(parts: _CsrParts) -> bytes:
     return b"\x30" + _length(len(outer)) + outer
 
 
-def _one_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
 def check_csr(csr_der: bytes, policy: CertPolicy) -> x509.CertificateSigningRequest:
     """Parse a PKCS#10 of any version, verify its self-signature (SHA-1 included) and its RSA key size.
 
@@ -164,7 +160,7 @@ def check_csr(csr_der: bytes, policy: CertPolicy) -> x509.CertificateSigningRequ
         algorithm = csr.signature_hash_algorithm
         params = csr.signature_algorithm_parameters
     except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
-        raise _bad(f"CSR is not a valid PKCS#10 request: {_one_line(exc)}") from None
+        raise _bad(f"CSR is not a valid PKCS#10 request: {one_line(exc)}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise PoolError(
             KEY_SIZE_REJECTED,

@@ -7,6 +7,7 @@ the user and request id — the evidence an engineer looks for on every node (fa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -14,17 +15,18 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent.stages import Stage, WireError
+from agent.stages import Stage, WireError, one_line
 from agent.wire import certprov
 from agent.wire.certprov import CertProvCode
 from tools.pool.ca import CertPolicy, PoolCA, check_csr, thumbprint
 from tools.pool.errors import PoolError, StoreUnavailable
 from tools.pool.provlog import ProvisioningLog, ProvRecord
+from tools.pool.reply import Reply
 from tools.pool.store.contract import PublishedCert, Store
 from tools.pool.tickets import TicketCache
-from tools.pool.webticket import Reply
 
 T = TypeVar("T")
+log = logging.getLogger("phoneprov.pool.certprov")
 CLOCK_SKEW = timedelta(minutes=5)
 XML = (("Content-Type", "text/xml; charset=utf-8"),)
 
@@ -59,6 +61,10 @@ class CertProvService:
             return self._refuse(_Refused(CertProvCode.BAD_REQUEST, exc.detail), user, device, request_id)
         except _Refused as exc:
             return self._refuse(exc, user, device, request_id)
+        except Exception as exc:  # anything else still answers ErrorInfo 3099 and leaves a log line
+            log.exception("GetAndPublishCert failed for %s", user)
+            refusal = _Refused(CertProvCode.INTERNAL, f"internal error: {one_line(exc)}")
+            return self._refuse(refusal, user, device, request_id)
         serial = f"{cert.serial_number:x}"
         self.log.record(
             ProvRecord(user, device, Stage.CERT_PUBLISH, "ok", "", request_id, f"published serial {serial}")

@@ -5,7 +5,9 @@
 fqdn = "pool.lab.test"        # web services + registrar name (opt 43 sub-option 3, opt 120)
 domain = "lab.test"
 node = "fe1"
-bind = "127.0.0.1"
+bind = "127.0.0.1"             # web services and SNTP listen here
+advertise = "192.0.2.1"        # the address phones are given (DHCP server id, NTP); default: bind
+dhcp_bind = "0.0.0.0"          # DHCP must listen on all addresses to receive broadcast INFORMs
 state_dir = "/var/lib/phoneprov-pool"
 [ports]                        # 0 = any free port (tests, demo)
 dhcp = 67
@@ -28,9 +30,11 @@ sntp_offset_s = 0.0            # the lab's time source is this far off
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,10 +49,18 @@ WEBTICKET_PATH = "/WebTicket/WebTicketService.svc"
 
 @dataclass(frozen=True)
 class Ports:
+    """Listening ports; 0 picks a free one (tests, the demo)."""
+
     dhcp: int = 67
     sntp: int = 123
     http: int = 80
     https: int = 443
+
+    def __post_init__(self) -> None:
+        for name in ("dhcp", "sntp", "http", "https"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise ConfigError(f"port {name} must be a whole number 0..65535, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,8 @@ class PoolConfig:
     domain: str = "lab.test"
     node: str = "fe1"
     bind: str = "127.0.0.1"
+    advertise: str | None = None
+    dhcp_bind: str = "0.0.0.0"
     ports: Ports = field(default_factory=Ports)
     registrar_fqdn: str | None = None
     ntp_server: str | None = None
@@ -69,6 +83,33 @@ class PoolConfig:
     ticket_lifetime: timedelta = timedelta(hours=8)
     incomplete_chain: bool = False
     sntp_offset_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("fqdn", "domain", "registrar_fqdn"):
+            _dns_name(name, getattr(self, name))
+        for name in ("bind", "dhcp_bind", "advertise", "ntp_server"):
+            _ipv4(name, getattr(self, name))
+        if IPv4Address(self.address) == IPv4Address("0.0.0.0"):
+            raise ConfigError(
+                "bind is 0.0.0.0: set advertise to the address phones reach (DHCP option 54/42)"
+            )
+        if not isinstance(self.node, str) or not self.node:
+            raise ConfigError(f"node must be a non-empty name, got {self.node!r}")
+        if not isinstance(self.web_names, tuple) or not all(isinstance(n, str) and n for n in self.web_names):
+            raise ConfigError(f"web_names must be a list of names, got {self.web_names!r}")
+        if not _number(self.store_timeout_s) or self.store_timeout_s <= 0:
+            raise ConfigError(f"store timeout_s must be a positive number, got {self.store_timeout_s!r}")
+        if not isinstance(self.ticket_lifetime, timedelta) or self.ticket_lifetime <= timedelta():
+            raise ConfigError("ticket_lifetime_hours must be a positive number")
+        if not isinstance(self.incomplete_chain, bool) or not _number(self.sntp_offset_s):
+            raise ConfigError("[faults] incomplete_chain must be true/false and sntp_offset_s a number")
+        if self.store_url is not None and not isinstance(self.store_url, str):
+            raise ConfigError(f"store url must be a string, got {self.store_url!r}")
+
+    @property
+    def address(self) -> str:
+        """The address phones are told about (DHCP server id, default NTP server)."""
+        return self.advertise or self.bind
 
     @property
     def store(self) -> str:
@@ -113,10 +154,13 @@ def from_dict(data: dict[str, Any], where: str = "config", base: Path = Path("."
     for leftover, name in ((store, "store"), (faults, "faults")):
         if leftover:
             raise ConfigError(f"{where}: unknown key [{name}] {sorted(leftover)[0]}")
-    if "web_names" in pool:
+    if isinstance(pool.get("web_names"), list):
         pool["web_names"] = tuple(pool["web_names"])
     if "ticket_lifetime_hours" in pool:
-        pool["ticket_lifetime"] = timedelta(hours=float(pool.pop("ticket_lifetime_hours")))
+        hours = pool.pop("ticket_lifetime_hours")
+        if not _number(hours):
+            raise ConfigError(f"{where}: [pool] ticket_lifetime_hours must be a number, got {hours!r}")
+        pool["ticket_lifetime"] = timedelta(hours=hours)
     return _build(PoolConfig, {**pool, **kwargs}, f"{where} [pool]")
 
 
@@ -142,6 +186,31 @@ def _build(cls: type[C], values: dict[str, Any], where: str) -> C:
         raise ConfigError(f"{where}: {exc.detail}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _dns_name(name: str, value: object) -> None:
+    if value is None and name == "registrar_fqdn":
+        return
+    if not isinstance(value, str) or len(value) > 253 or not all(_LABEL.match(p) for p in value.split(".")):
+        raise ConfigError(f"{name} must be a DNS name, got {value!r}")
+
+
+def _ipv4(name: str, value: object) -> None:
+    if value is None and name in ("advertise", "ntp_server"):
+        return
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        IPv4Address(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be an IPv4 address, got {value!r}") from None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is(value: object, kind: str) -> bool:

@@ -130,7 +130,9 @@ class PoolNode:
             cfg.fqdn,
         )
         self._parts.append(self.http)
-        self.dhcp = UdpResponder("dhcp", (cfg.bind, cfg.ports.dhcp), inform_handler(self._uc_options)).start()
+        self.dhcp = UdpResponder(
+            "dhcp", (cfg.dhcp_bind, cfg.ports.dhcp), inform_handler(self._uc_options)
+        ).start()
         self._parts.append(self.dhcp)
         offset = cfg.sntp_offset_s
         self.sntp = UdpResponder(
@@ -180,9 +182,9 @@ class PoolNode:
         )
 
     def _uc_options(self) -> UcOptions:
-        bind = IPv4Address(self.cfg.bind)
-        ntp = IPv4Address(self.cfg.ntp_server) if self.cfg.ntp_server else bind
-        return UcOptions(self.cfg.fqdn, self.https.port, self.cfg.registrar, ntp, self.cfg.domain, bind)
+        server = IPv4Address(self.cfg.address)
+        ntp = IPv4Address(self.cfg.ntp_server) if self.cfg.ntp_server else server
+        return UcOptions(self.cfg.fqdn, self.https.port, self.cfg.registrar, ntp, self.cfg.domain, server)
 
     def _rootchain(self) -> bytes:
         """The issuing CA and root, or — with the incomplete-chain fault — the root alone."""

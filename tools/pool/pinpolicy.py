@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import hmac
 import itertools
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from agent.stages import Stage
+from agent.wire.ticketfault import TicketFaultCode
 from tools.pool.errors import ConfigError, PoolError
 from tools.pool.store.contract import PinRecord, Store, User, UsernameQuery, user_key
 
@@ -24,24 +27,14 @@ _SCHEME = "pbkdf2_sha256"
 _MAX_ITERATIONS = 10_000_000
 
 
-class PinReason(enum.IntEnum):
-    """Web Ticket PIN fault codes (protocol.md §6.5); the name is the fault's Reason."""
-
-    PinInvalid = 2001
-    PinLocked = 2002
-    PhoneAmbiguous = 2003
-    PinExpired = 2004
-    PinAuthDisabled = 2005
-    ClaimMismatch = 2006
-    Internal = 2099
-
-
 class PinAuthError(PoolError):
-    """A refused PIN sign-in: ``code`` is the ErrorId, ``reason`` the Reason name of §6.5."""
+    """A refused PIN sign-in: ``code`` is the ErrorId, ``reason`` the Reason name of §6.5 (all the phone is
+    told — the detail, which says *why*, is for the pool's log only, so numbers cannot be enumerated)."""
 
-    def __init__(self, reason: PinReason, detail: str) -> None:
-        super().__init__(int(reason), detail, Stage.WEB_TICKET)
-        self.reason = reason.name
+    def __init__(self, fault: TicketFaultCode, detail: str) -> None:
+        super().__init__(int(fault), detail, Stage.WEB_TICKET)
+        self.fault = fault
+        self.reason = fault.reason_name
 
 
 @dataclass(frozen=True)
@@ -130,9 +123,11 @@ def verify_pin(pin: str, encoded: str) -> bool:
         salt = base64.b64decode(salt_b64, validate=True)
         expected = base64.b64decode(digest_b64, validate=True)
     except (ValueError, binascii.Error):
-        raise PinAuthError(PinReason.Internal, "stored PIN hash is malformed") from None
+        raise PinAuthError(TicketFaultCode.INTERNAL, "stored PIN hash is malformed") from None
     if scheme != _SCHEME or not 1 <= iterations <= _MAX_ITERATIONS or not expected:
-        raise PinAuthError(PinReason.Internal, "stored PIN hash has an unsupported scheme or parameters")
+        raise PinAuthError(
+            TicketFaultCode.INTERNAL, "stored PIN hash has an unsupported scheme or parameters"
+        )
     digest = hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), salt, iterations)
     return hmac.compare_digest(digest, expected)
 
@@ -146,8 +141,29 @@ def _pick(matches: list[tuple[User, PinRecord]], username: str) -> tuple[User, P
     if len(exact) == 1:
         return exact[0]
     raise PinAuthError(
-        PinReason.PhoneAmbiguous, f"number {username!r} and PIN match {len(matches)} users; add the extension"
+        TicketFaultCode.PHONE_AMBIGUOUS,
+        f"number {username!r} and PIN match {len(matches)} users; add the extension",
     )
+
+
+_guard = threading.Lock()
+_user_locks: dict[str, threading.Lock] = {}
+# Verified when no user matches, so an unknown number costs the same PBKDF2 time as a wrong PIN.
+_DUMMY_HASH = hash_pin("0" * 8, salt=b"phoneprov-dummy!")
+
+
+@contextmanager
+def _serialised(users: list[User]) -> Iterator[None]:
+    """Hold the users' locks (sorted: no deadlock) so that parallel wrong PINs cannot outrun the lockout count.
+
+    Per node process; a multi-node pool on a shared store also needs the store's own serialisation.
+    """
+    with _guard:
+        locks = [_user_locks.setdefault(u.key, threading.Lock()) for u in sorted(users, key=lambda u: u.key)]
+    with ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 def authenticate(
@@ -156,25 +172,38 @@ def authenticate(
     """Protocol.md §6.3 steps 1-5, in order: the user ``username`` + ``pin`` sign in as, or PinAuthError."""
     candidates = store.find_users(username)  # 1
     if not candidates:
-        raise PinAuthError(PinReason.PinInvalid, f"no user has number or extension {username!r}")
-    records = [(user, store.pin_record(user.sip_uri)) for user in candidates]  # 2
+        verify_pin(pin, _DUMMY_HASH)
+        raise PinAuthError(TicketFaultCode.PIN_INVALID, f"no user has number or extension {username!r}")
+    with _serialised(candidates):
+        user, record = _check_pin(store, policy, candidates, username, pin, at)
+    if policy.expired(record, at):  # 4
+        raise PinAuthError(TicketFaultCode.PIN_EXPIRED, f"the PIN of {user.sip_uri} has expired")
+    if not user.enabled or not user.pin_auth_enabled:
+        raise PinAuthError(
+            TicketFaultCode.PIN_AUTH_DISABLED, f"PIN authentication is disabled for {user.sip_uri}"
+        )
+    if claims_uri is not None and user_key(claims_uri) != user.key:  # 5
+        raise PinAuthError(
+            TicketFaultCode.CLAIM_MISMATCH,
+            f"claimed SIP URI {claims_uri!r} does not match the credentials' user",
+        )
+    return user
+
+
+def _check_pin(
+    store: Store, policy: PinPolicy, candidates: list[User], username: str, pin: str, at: datetime
+) -> tuple[User, PinRecord]:
+    """Steps 2-3: lockout before the PIN; a wrong PIN counts on every unlocked candidate."""
+    records = [(user, store.pin_record(user.sip_uri)) for user in candidates]
     unlocked = [(u, r) for u, r in records if r is not None and not r.is_locked(at)]
     if len(unlocked) == 0 and all(r is not None for _, r in records):
-        raise PinAuthError(PinReason.PinLocked, f"PIN authentication is locked for {username!r}")
-    matches = [(u, r) for u, r in unlocked if verify_pin(pin, r.pin_hash)]  # 3
+        raise PinAuthError(TicketFaultCode.PIN_LOCKED, f"PIN authentication is locked for {username!r}")
+    matches = [(u, r) for u, r in unlocked if verify_pin(pin, r.pin_hash)]
     if not matches:
         for user, record in unlocked:
             local, global_ = policy.limits(record.pin_length)
             store.record_pin_failure(user.sip_uri, at, policy.window, local, policy.lock_for, global_)
-        raise PinAuthError(PinReason.PinInvalid, f"wrong PIN for {username!r}")
+        raise PinAuthError(TicketFaultCode.PIN_INVALID, f"wrong PIN for {username!r}")
     user, record = _pick(matches, username)
     store.reset_local_failures(user.sip_uri)
-    if policy.expired(record, at):  # 4
-        raise PinAuthError(PinReason.PinExpired, f"the PIN of {user.sip_uri} has expired")
-    if not user.enabled or not user.pin_auth_enabled:
-        raise PinAuthError(PinReason.PinAuthDisabled, f"PIN authentication is disabled for {user.sip_uri}")
-    if claims_uri is not None and user_key(claims_uri) != user.key:  # 5
-        raise PinAuthError(
-            PinReason.ClaimMismatch, f"claimed SIP URI {claims_uri!r} does not match the credentials' user"
-        )
-    return user
+    return user, record

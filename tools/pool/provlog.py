@@ -7,12 +7,15 @@ contains a PIN, a key or a proof key: only the fields below are written.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
+_SAFE = "/.:@{}_-~,;()"
 W3C_FIELDS = "date time s-ip cs-method cs-uri-stem s-port c-ip cs(User-Agent) sc-status time-taken x-detail"
 
 
@@ -27,8 +30,14 @@ class ProvRecord:
     detail: str = ""
 
 
-def _clean(text: str) -> str:
-    return " ".join(text.split()).replace('"', "'") or "-"
+def _token(text: str) -> str:
+    """A value that cannot break the line's fields: client-supplied text is percent-encoded, never trusted."""
+    return quote(text, safe=_SAFE) or "-"
+
+
+def _quoted(text: str) -> str:
+    """Free text in double quotes with JSON escapes: no newline or quote in it can forge a line or a field."""
+    return json.dumps(" ".join(text.split()), ensure_ascii=True)
 
 
 class _LineFile:
@@ -56,8 +65,9 @@ class ProvisioningLog(_LineFile):
     def record(self, rec: ProvRecord) -> str:
         stamp = self.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
         line = (
-            f"{stamp} node={self.node} user={_clean(rec.user)} device={_clean(rec.device)} stage={rec.stage} "
-            f'result={rec.result} code={rec.code or "-"} request={_clean(rec.request_id)} detail="{_clean(rec.detail)}"'
+            f"{stamp} node={_token(self.node)} user={_token(rec.user)} device={_token(rec.device)} "
+            f"stage={_token(rec.stage)} result={_token(rec.result)} code={_token(rec.code)} "
+            f"request={_token(rec.request_id)} detail={_quoted(rec.detail)}"
         )
         self._append(line)
         return line
@@ -81,8 +91,10 @@ class RequestLog(_LineFile):
         detail: str,
     ) -> None:
         now = self.now()
-        agent = _clean(agent).replace(" ", "+")
+        agent = (
+            quote(" ".join(agent.split()), safe=_SAFE + " ").replace(" ", "+") or "-"
+        )  # IIS writes + for space
         self._append(
-            f"{now:%Y-%m-%d} {now:%H:%M:%S} {s_ip} {method} {path} {port} {c_ip} {agent} {status} {ms} "
-            f'"{_clean(detail)}"'
+            f"{now:%Y-%m-%d} {now:%H:%M:%S} {_token(s_ip)} {_token(method)} {_token(path)} {port} {_token(c_ip)} "
+            f"{agent} {status} {ms} {_quoted(detail)}"
         )

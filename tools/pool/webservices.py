@@ -14,9 +14,10 @@ from typing import Any
 from agent.wire import mex, pkcs7
 from tools.pool.config import CERTPROV_PATH, WEBTICKET_PATH
 from tools.pool.provlog import RequestLog
-from tools.pool.webticket import Reply
+from tools.pool.reply import Reply
 
 MAX_REQUEST_BYTES = 256 * 1024
+MAX_DRAIN_BYTES = 4 * 1024 * 1024
 log = logging.getLogger("phoneprov.pool.web")
 
 Handler = Callable[[bytes], Reply]
@@ -91,17 +92,27 @@ def _read_body(environ: dict[str, Any]) -> bytes | Reply:
         return _text(411, "Content-Length required")
     length = int(raw)
     if length > MAX_REQUEST_BYTES:
+        _drain(
+            environ["wsgi.input"], min(length, MAX_DRAIN_BYTES)
+        )  # so the client reads the 413, not a reset
         return _text(413, f"request body of {length} bytes exceeds {MAX_REQUEST_BYTES}")
     data: bytes = environ["wsgi.input"].read(length)
     return data
+
+
+def _drain(stream: Any, length: int) -> None:
+    while length > 0:
+        chunk = stream.read(min(length, 64 * 1024))
+        if not chunk:
+            return
+        length -= len(chunk)
 
 
 def anonymous_site(rootchain: Callable[[], bytes], request_log: RequestLog, port: Callable[[], int]) -> Site:
     """Plain HTTP: the certificate chain a phone downloads before it can check HTTPS (protocol.md §5)."""
 
     def chain(_: bytes) -> Reply:
-        ctype = f"{pkcs7.CONTENT_TYPE}; smime-type=certs-only"
-        return Reply(200, rootchain(), (("Content-Type", ctype),), "root chain")
+        return Reply(200, rootchain(), (("Content-Type", pkcs7.CONTENT_TYPE),), "root chain")
 
     return Site({("GET", CERTPROV_PATH + "/rootchain"): chain}, request_log, port)
 

@@ -5,24 +5,17 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from agent.stages import Stage, WireError
 from agent.wire import webticket
-from tools.pool.errors import PoolError, StoreUnavailable
+from agent.wire.ticketfault import TicketFaultCode
+from tools.pool.errors import PoolError
 from tools.pool.pinpolicy import PinAuthError, PinPolicy, authenticate
 from tools.pool.provlog import ProvisioningLog, ProvRecord
+from tools.pool.reply import Reply
 from tools.pool.store.contract import Store
 from tools.pool.tickets import TicketCache, TicketRecord
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-    detail: str = ""
 
 
 class WebTicketService:
@@ -42,20 +35,21 @@ class WebTicketService:
         self.now, self.log = now, log
 
     def pin(self, body: bytes) -> Reply:
-        """POST …/Pin: authenticate number + PIN; a refusal is a SOAP fault with X-Ms-diagnostics."""
+        """POST …/Pin: authenticate number + PIN; a refusal is a SOAP fault with X-Ms-diagnostics.
+
+        The phone is told only the §6.5 reason word; why exactly (unknown number, wrong PIN) goes to the log.
+        """
         try:
             rst = webticket.parse_rst(body)
         except WireError as exc:
-            return self._fault(webticket.TicketFaultCode.INTERNAL, f"bad request: {exc.detail}", "-")
+            return self._fault(TicketFaultCode.INTERNAL, f"bad request: {exc.detail}", "-")
         at = self.now()
         try:
             user = authenticate(self.store, self.policy, rst.username, rst.password, rst.claims_uri, at)
         except PinAuthError as exc:
-            return self._fault(webticket.TicketFaultCode(int(exc.code)), exc.detail, rst.username)
-        except StoreUnavailable as exc:
-            return self._fault(webticket.TicketFaultCode.INTERNAL, exc.detail, rst.username)
-        except PoolError as exc:
-            return self._fault(webticket.TicketFaultCode.INTERNAL, exc.detail, rst.username)
+            return self._fault(exc.fault, exc.detail, rst.username)
+        except PoolError as exc:  # StoreUnavailable and other store refusals
+            return self._fault(TicketFaultCode.INTERNAL, exc.detail, rst.username)
         server_entropy = secrets.token_bytes(32)
         assertion_id = f"SamlSecurityToken-{uuid.uuid4()}"
         key = webticket.proof_key(rst.client_entropy, server_entropy)
@@ -68,8 +62,8 @@ class WebTicketService:
         )
         return Reply(200, body_out, (("Content-Type", "text/xml; charset=utf-8"),), "ticket issued")
 
-    def _fault(self, code: webticket.TicketFaultCode, reason: str, who: str) -> Reply:
-        body, diag = webticket.build_ticket_fault(code, reason, self.fqdn)
-        self.log.record(ProvRecord(who, "-", Stage.WEB_TICKET, "failed", str(int(code)), "-", reason))
+    def _fault(self, code: TicketFaultCode, detail: str, who: str) -> Reply:
+        body, diag = webticket.build_ticket_fault(code, code.reason_name, self.fqdn)
+        self.log.record(ProvRecord(who, "-", Stage.WEB_TICKET, "failed", str(int(code)), "-", detail))
         headers = (("Content-Type", "text/xml; charset=utf-8"), ("X-Ms-diagnostics", diag))
-        return Reply(500, body, headers, f"{int(code)} {reason}")
+        return Reply(500, body, headers, f"{int(code)} {code.reason_name}")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tools.pool.store.contract import PinRecord, PublishedCert, Store, User, sqlite_target
+from tools.pool.store.contract import (
+    PinRecord,
+    PublishedCert,
+    Store,
+    User,
+    sqlite_target,
+)
 from tools.pool.store.sqlite import SqliteStore, StoreBlocker
 
 __all__ = ["PinRecord", "PublishedCert", "SqliteStore", "Store", "StoreBlocker", "User", "open_store"]
