@@ -13,11 +13,15 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import certs
+from agent import enroll, ticket
 from agent.clock import TimeConfig
 from agent.clocks import SystemClock
 from agent.discovery import DiscoveryConfig
+from agent.net import HttpsTrust, PhoneHttp, Resolver
 from agent.phone import Phone, PhoneConfig, PhoneRun
+from agent.stages import Stage
 from agent.truststore import TrustStore
+from agent.wire import certprov
 from boot.store import StateStore
 from tools.pool.config import PoolConfig, Ports
 from tools.pool.node import PoolNode
@@ -106,3 +110,45 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
     finally:
         lab.node.stop()
+
+
+@pytest.fixture
+def http(lab: Lab) -> Iterator[PhoneHttp]:
+    """The phone's HTTPS client, trusting what a real sign-in established (for talking to the pool directly)."""
+    run = lab.boot()
+    assert run.trust is not None
+    client = PhoneHttp(Resolver({lab.node.cfg.fqdn: "127.0.0.1"}), 5.0, HttpsTrust(run.trust.bundle_pem))
+    yield client
+    client.close()
+
+
+def alice_ticket(lab: Lab, http: PhoneHttp) -> ticket.Ticket:
+    return ticket.request_ticket(
+        http, ticket.find_endpoints(http, lab.node.certprov_url), ALICE_NUMBER, ALICE_PIN
+    )
+
+
+def post_cert_request(
+    http: PhoneHttp, held: ticket.Ticket, entity: str, csr_for: str, created: datetime | None = None
+) -> certprov.CertIssued | certprov.CertProvFault:
+    """A GetAndPublishCert built by hand, so a test can put in what a real phone would not."""
+    req = certprov.CertRequest(
+        to=held.proof_url,
+        message_id=f"uuid:{uuid.uuid4()}",
+        assertion_xml=held.saml.assertion_xml,
+        assertion_id=held.saml.assertion_id,
+        created=created or held.created,
+        expires=held.expires,
+        device_id=str(uuid.uuid4()),
+        entity=entity,
+        csr_der=enroll.build_csr(enroll.generate_key(2048), csr_for),
+        request_id=str(uuid.uuid4()),
+    )
+    reply = http.request(
+        "POST",
+        held.proof_url,
+        Stage.CERT_REQUEST,
+        body=certprov.build_request(req, held.proof_key),
+        headers={"Content-Type": "text/xml; charset=utf-8"},
+    )
+    return certprov.parse_response(reply.body)

@@ -5,32 +5,21 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent import enroll, ticket
+from agent import ticket
 from agent.clocks import SystemClock
 from agent.discovery import DiscoveryConfig, discover
-from agent.net import HttpReply, HttpsTrust, PhoneHttp, Resolver
+from agent.net import HttpReply, PhoneHttp, Resolver
 from agent.stages import Stage, StageError
 from agent.wire import certprov, mex, pkcs7, webticket
-from tests.e2e.conftest import ALICE, ALICE_NUMBER, ALICE_PIN, Lab
+from tests.e2e.conftest import ALICE, ALICE_NUMBER, Lab, alice_ticket, post_cert_request
 
 pytestmark = pytest.mark.timeout(60)
 PIN_PATH = "/WebTicket/WebTicketService.svc/Pin"
-
-
-@pytest.fixture
-def http(lab: Lab) -> Iterator[PhoneHttp]:
-    run = lab.boot()
-    assert run.trust is not None
-    client = PhoneHttp(Resolver({lab.node.cfg.fqdn: "127.0.0.1"}), 5.0, HttpsTrust(run.trust.bundle_pem))
-    yield client
-    client.close()
 
 
 def pin_fault(lab: Lab, http: PhoneHttp, username: str, pin: str) -> tuple[int, str, str]:
@@ -75,30 +64,8 @@ def test_parallel_wrong_pins_cannot_outrun_the_lockout(lab: Lab, http: PhoneHttp
 
 
 def test_timestamp_more_than_five_minutes_ahead_is_3001(lab: Lab, http: PhoneHttp) -> None:
-    held = ticket.request_ticket(
-        http, ticket.find_endpoints(http, lab.node.certprov_url), ALICE_NUMBER, ALICE_PIN
-    )
     ahead = datetime.now(UTC) + timedelta(minutes=10)
-    req = certprov.CertRequest(
-        to=held.proof_url,
-        message_id=f"uuid:{uuid.uuid4()}",
-        assertion_xml=held.saml.assertion_xml,
-        assertion_id=held.saml.assertion_id,
-        created=ahead,
-        expires=held.expires,
-        device_id="00000000-0000-0000-0000-00000000000a",
-        entity="alice@lab.test",
-        csr_der=enroll.build_csr(enroll.generate_key(2048), ALICE),
-        request_id=str(uuid.uuid4()),
-    )
-    reply = http.request(
-        "POST",
-        held.proof_url,
-        Stage.CERT_REQUEST,
-        body=certprov.build_request(req, held.proof_key),
-        headers={"Content-Type": "text/xml; charset=utf-8"},
-    )
-    answer = certprov.parse_response(reply.body)
+    answer = post_cert_request(http, alice_ticket(lab, http), "alice@lab.test", ALICE, created=ahead)
     assert isinstance(answer, certprov.CertProvFault) and answer.code == 3001
 
 

@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from agent import enroll, ticket
-from agent.net import HttpsTrust, PhoneHttp, Resolver
+from agent import enroll
+from agent.net import PhoneHttp, Resolver
 from agent.stages import Stage, StageError
 from agent.wire import certprov
-from tests.e2e.conftest import ALICE, ALICE_NUMBER, ALICE_PIN, BOB, Lab
+from tests.e2e.conftest import ALICE, BOB, Lab, alice_ticket, post_cert_request
 
 pytestmark = pytest.mark.timeout(60)
 CERTPROV_XML = {
     "Content-Type": "text/xml; charset=utf-8",
     "SOAPAction": f'"{certprov.GET_AND_PUBLISH_ACTION}"',
 }
-
-
-@pytest.fixture
-def http(lab: Lab) -> Iterator[PhoneHttp]:
-    run = lab.boot()
-    assert run.trust is not None
-    client = PhoneHttp(Resolver({lab.node.cfg.fqdn: "127.0.0.1"}), 5.0, HttpsTrust(run.trust.bundle_pem))
-    yield client
-    client.close()
-
-
-def alice_ticket(lab: Lab, http: PhoneHttp) -> ticket.Ticket:
-    return ticket.request_ticket(
-        http, ticket.find_endpoints(http, lab.node.certprov_url), ALICE_NUMBER, ALICE_PIN
-    )
 
 
 def csr() -> bytes:
@@ -66,28 +50,8 @@ def test_unknown_assertion_is_3001(lab: Lab, http: PhoneHttp) -> None:
 
 
 def test_entity_of_another_user_is_3002_and_nothing_is_signed(lab: Lab, http: PhoneHttp) -> None:
-    held = alice_ticket(lab, http)
     before = len(lab.node.store.certificates(ALICE))
-    req = certprov.CertRequest(
-        to=held.proof_url,
-        message_id=f"uuid:{uuid.uuid4()}",
-        assertion_xml=held.saml.assertion_xml,
-        assertion_id=held.saml.assertion_id,
-        created=held.created,
-        expires=held.expires,
-        device_id="00000000-0000-0000-0000-000000000004",
-        entity="bob@lab.test",
-        csr_der=enroll.build_csr(enroll.generate_key(2048), BOB),
-        request_id=str(uuid.uuid4()),
-    )
-    reply = http.request(
-        "POST",
-        held.proof_url,
-        Stage.CERT_REQUEST,
-        body=certprov.build_request(req, held.proof_key),
-        headers=CERTPROV_XML,
-    )
-    answer = certprov.parse_response(reply.body)
+    answer = post_cert_request(http, alice_ticket(lab, http), "bob@lab.test", BOB)
     assert isinstance(answer, certprov.CertProvFault) and answer.code == 3002
     assert lab.node.store.certificates(BOB) == []
     assert len(lab.node.store.certificates(ALICE)) == before
