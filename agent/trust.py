@@ -10,19 +10,16 @@ Later HTTPS requests trust the shipped roots plus exactly the intermediates vali
 
 from __future__ import annotations
 
-import contextlib
-import select
-import socket
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
 
 from agent.net import HttpsTrust, PhoneHttp, Resolver
-from agent.stages import AgentError, Stage, StageError, WireError
+from agent.stages import Stage, StageError, WireError
+from agent.tlsconn import tls_connect
 from agent.truststore import TrustStore, ValidatedChain
 from agent.wire import pkcs7
 
@@ -93,75 +90,7 @@ def verify_https_server(
     at: datetime,
     timeout_s: float,
 ) -> ValidatedChain:
-    """Handshake with the server; its chain is judged by ``store`` from OpenSSL's verify callback."""
-    verdict = _Verdict(store, host, extra_intermediates, at)
-    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_verify(SSL.VERIFY_PEER, verdict.callback)
-    try:
-        address = resolver.resolve(host)
-        sock = socket.create_connection((address, port), timeout=timeout_s)
-    except OSError as exc:
-        raise StageError(Stage.ROOT_CHAIN, "TLS", f"cannot reach {host}:{port}: {exc}") from None
-    conn = SSL.Connection(ctx, sock)
-    try:
-        conn.set_tlsext_host_name(host.encode("idna"))
-        conn.set_connect_state()
-        _handshake(conn, sock, timeout_s)
-    except (SSL.Error, OSError) as exc:
-        if verdict.error is not None:
-            raise verdict.error from None
-        why = str(exc) or type(exc).__name__
-        raise StageError(Stage.ROOT_CHAIN, "TLS", f"TLS handshake with {host}:{port} failed: {why}") from None
-    finally:
-        _close(conn, sock)
-    if verdict.chain is None:
-        raise verdict.error or StageError(Stage.ROOT_CHAIN, "TLS", f"{host}:{port} presented no certificate")
-    return verdict.chain
-
-
-class _Verdict:
-    """Decides once per handshake (OpenSSL calls back once per depth) and remembers why."""
-
-    def __init__(
-        self, store: TrustStore, host: str, extra: tuple[x509.Certificate, ...], at: datetime
-    ) -> None:
-        self.store, self.host, self.extra, self.at = store, host, extra, at
-        self.chain: ValidatedChain | None = None
-        self.error: AgentError | None = None
-        self._decided = False
-
-    def callback(self, conn: SSL.Connection, _cert: object, _errno: int, _depth: int, _ok: int) -> bool:
-        if not self._decided:
-            self._decided = True
-            presented = conn.get_peer_cert_chain(as_cryptography=True) or []
-            if not presented:
-                self.error = StageError(Stage.ROOT_CHAIN, "TLS", f"{self.host} presented no certificate")
-            else:
-                try:
-                    pool = (*presented[1:], *self.extra)
-                    self.chain = self.store.verify_server(presented[0], pool, self.host, self.at)
-                except AgentError as exc:
-                    self.error = exc
-        return self.chain is not None
-
-
-def _handshake(conn: SSL.Connection, sock: socket.socket, timeout_s: float) -> None:
-    """Drive the handshake on the (non-blocking, since it has a timeout) socket, waiting at most timeout_s
-    for each step; a silent server is a TimeoutError, not a hang."""
-    while True:
-        try:
-            conn.do_handshake()
-            return
-        except SSL.WantReadError:
-            ready = select.select([sock], [], [], timeout_s)[0]
-        except SSL.WantWriteError:
-            ready = select.select([], [sock], [], timeout_s)[1]
-        if not ready:
-            raise TimeoutError(f"no TLS answer within {timeout_s:g} s")
-
-
-def _close(conn: SSL.Connection, sock: socket.socket) -> None:
-    with contextlib.suppress(SSL.Error, OSError):
-        conn.shutdown()
-    sock.close()
+    """The first HTTPS handshake: judged by ``store``; the connection itself is not needed afterwards."""
+    channel = tls_connect(store, resolver, host, port, extra_intermediates, at, timeout_s, Stage.ROOT_CHAIN)
+    channel.close()
+    return channel.chain

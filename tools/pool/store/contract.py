@@ -183,6 +183,28 @@ class PublishedCert:
         }
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A registrar binding: the AOR, its contact, until when, and the certificate it authenticated with."""
+
+    sip_uri: str
+    contact: str
+    thumbprint: str
+    node: str
+    registered_at: datetime
+    expires_at: datetime
+
+    def as_row(self) -> dict[str, str]:
+        return {
+            "sip_uri": self.sip_uri,
+            "contact": self.contact,
+            "thumbprint": self.thumbprint,
+            "node": self.node,
+            "registered_at": iso_z(self.registered_at),
+            "expires_at": iso_z(self.expires_at),
+        }
+
+
 def require_aware(at: datetime) -> datetime:
     """The same instant in UTC; naive datetimes are a programming error (which zone would it be?)."""
     if at.tzinfo is None or at.utcoffset() is None:
@@ -293,6 +315,22 @@ class Store(Protocol):
     def revoke(self, thumbprint: str) -> None:
         """Mark a certificate revoked; ``NO_SUCH_CERT`` when unknown."""
         ...
+
+    def register(self, reg: Registration) -> None:
+        """Add or refresh the binding (sip_uri, contact); raises StoreUnavailable like every write."""
+        ...
+
+    def unregister(self, sip_uri: str, contact: str) -> None: ...
+
+    def registrations(self, sip_uri: str, at: datetime) -> list[Registration]:
+        """The bindings of ``sip_uri`` still valid at ``at``."""
+        ...
+
+    def set_password(self, sip_uri: str, password_hash: str) -> None:
+        """The lab's Basic credential for the user (the Windows password of Test-CsClientAuth)."""
+        ...
+
+    def password_hash(self, sip_uri: str) -> str | None: ...
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers a read."""

@@ -31,6 +31,8 @@ from tools.pool.store.contract import (
     unstamp,
     user_key,
 )
+from tools.pool.store.sqlite_reg import SCHEMA as REG_SCHEMA
+from tools.pool.store.sqlite_reg import RegistrationsMixin
 
 SCHEMA_VERSION = 1
 
@@ -90,7 +92,7 @@ def _cert(row: tuple[object, ...]) -> PublishedCert:
     )
 
 
-class SqliteStore:
+class SqliteStore(RegistrationsMixin):
     """The pool's data store in one SQLite file (WAL); safe to share between request threads."""
 
     def __init__(self, path: Path | str, timeout_s: float = 2.0) -> None:
@@ -121,10 +123,13 @@ class SqliteStore:
             have = self._reader.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
             ).fetchone()
-        if have is None:
+            newest = self._reader.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name='passwords'"
+            ).fetchone()
+        if have is None or newest is None:
             with self._write() as conn:
                 # Statement by statement: executescript() would commit the open transaction first.
-                for statement in _SCHEMA.split(";"):
+                for statement in (_SCHEMA + REG_SCHEMA).split(";"):
                     if statement.strip():
                         conn.execute(statement)
         with self._read() as conn:
