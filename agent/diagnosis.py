@@ -100,6 +100,10 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "The Web Services' metadata names a non-HTTPS endpoint for the PIN or the ticket; the phone refuses it.",
         "Publish https:// addresses for the Web Ticket and WebTicket_Proof endpoints in /mex.",
     ),
+    (Stage.WEB_TICKET, "CREDENTIAL"): (
+        "The Web Ticket service refused the user's credential (Basic sign-in).",
+        "Check the user's SIP address and lab password (`phoneprov pool set-password`).",
+    ),
     (Stage.WEB_TICKET, "2001"): ("Wrong phone number/extension or PIN.", "Re-enter the number and PIN."),
     (Stage.WEB_TICKET, "2002"): (
         "PIN authentication is locked for this user (too many wrong PINs).",

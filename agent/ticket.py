@@ -6,6 +6,7 @@ whose ``/mex`` names the PIN endpoint. The proof key is derived from both entrop
 
 from __future__ import annotations
 
+import base64
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Endpoints:
     proof_url: str
     webticket_url: str
     pin_url: str
+    negotiate_url: str | None = None
 
 
 def find_endpoints(http: PhoneHttp, certprov_url: str) -> Endpoints:
@@ -48,7 +50,9 @@ def find_endpoints(http: PhoneHttp, certprov_url: str) -> Endpoints:
     require_https(cp.proof_url, STAGE, "the WebTicket_Proof URL in CertProv /mex")
     wt = mex.parse_webticket_mex(_get(http, cp.webticket_url.rstrip("/") + "/mex"))
     require_https(wt.pin_url, STAGE, "the PIN endpoint in Web Ticket /mex")
-    return Endpoints(cp.proof_url, cp.webticket_url, wt.pin_url)
+    if wt.negotiate_url is not None:
+        require_https(wt.negotiate_url, STAGE, "the WinNegotiate endpoint in Web Ticket /mex")
+    return Endpoints(cp.proof_url, cp.webticket_url, wt.pin_url, wt.negotiate_url)
 
 
 def _get(http: PhoneHttp, url: str) -> bytes:
@@ -61,20 +65,47 @@ def _get(http: PhoneHttp, url: str) -> bytes:
 def request_ticket(
     http: PhoneHttp, endpoints: Endpoints, username: str, pin: str, claims_uri: str | None = None
 ) -> Ticket:
-    """POST the RST to the PIN endpoint; a SOAP fault becomes StageError(WEB_TICKET, 2001..2099)."""
+    """PIN sign-in: POST the RST with a UsernameToken to the PIN endpoint (a phone's way)."""
+    return _request(http, endpoints.pin_url, endpoints.proof_url, (username, pin), None, claims_uri)
+
+
+def request_ticket_basic(
+    http: PhoneHttp, endpoints: Endpoints, user: str, password: str, claims_uri: str | None = None
+) -> Ticket:
+    """Credential sign-in: the RST to the WinNegotiate endpoint with HTTP Basic (the lab's stand-in for the
+    Windows credential of Test-CsClientAuth)."""
+    if endpoints.negotiate_url is None:
+        raise StageError(STAGE, "MEX", "the Web Ticket /mex names no WinNegotiate endpoint")
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return _request(http, endpoints.negotiate_url, endpoints.proof_url, ("", ""), f"Basic {basic}", claims_uri)
+
+
+def _request(
+    http: PhoneHttp,
+    url: str,
+    proof_url: str,
+    token: tuple[str, str],
+    authorization: str | None,
+    claims_uri: str | None,
+) -> Ticket:
+    """POST one RST; a SOAP fault becomes StageError(WEB_TICKET, 2001..2099), a 401 "CREDENTIAL"."""
     entropy = secrets.token_bytes(32)
     rst = webticket.RstRequest(
-        username=username,
-        password=pin,
+        username=token[0],
+        password=token[1],
         context=f"uuid:{uuid.uuid4()}",
-        applies_to=endpoints.proof_url,
+        applies_to=proof_url,
         client_entropy=entropy,
         claims_uri=claims_uri,
     )
     headers = {"Content-Type": SOAP_XML, "SOAPAction": f'"{webticket.RST_ISSUE_ACTION}"'}
-    reply = http.request("POST", endpoints.pin_url, STAGE, body=webticket.build_rst(rst), headers=headers)
+    if authorization:
+        headers["Authorization"] = authorization
+    reply = http.request("POST", url, STAGE, body=webticket.build_rst(rst), headers=headers)
+    if reply.status == 401:
+        raise StageError(STAGE, "CREDENTIAL", f"POST {url}: 401, the credential was refused")
     if reply.status != 200:
-        raise _fault(reply, endpoints.pin_url)
+        raise _fault(reply, url)
     try:
         rstr = webticket.parse_rstr(reply.body)
     except WireError as exc:
@@ -82,7 +113,7 @@ def request_ticket(
     if rstr.context != rst.context:
         raise StageError(STAGE, "BAD_RESPONSE", "web ticket response answers another request (Context)")
     key = webticket.proof_key(entropy, rstr.server_entropy)
-    return Ticket(rstr.ticket, key, rstr.created, rstr.expires, endpoints.proof_url)
+    return Ticket(rstr.ticket, key, rstr.created, rstr.expires, proof_url)
 
 
 def _fault(reply: HttpReply, url: str) -> StageError:

@@ -14,6 +14,7 @@ import base64
 import json
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tools.pool.errors import ConfigError, PoolError, StoreUnavailable
-from tools.pool.store.contract import PublishedCert, Store, User
+from tools.pool.store.contract import PublishedCert, Registration, Store, User
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=30)
@@ -256,6 +257,46 @@ class StoreContract:
         assert row["not_before"] == "2025-03-01T11:55:00Z" and row["published_at"] == "2025-03-01T12:00:00Z"
         assert base64.b64decode(row["der"], validate=True) == got.der
         assert row["revoked"] is False and row["thumbprint"] == "A" * 40
+
+    # -- registrations and credentials ------------------------------------------------------------------
+
+    def test_registrations_refresh_expire_and_unregister(self, users: Store) -> None:
+        first = Registration(
+            ALICE.sip_uri,
+            "<sip:alice@192.0.2.50;transport=tls>",
+            "A" * 40,
+            "fe1",
+            AT,
+            AT + timedelta(seconds=600),
+        )
+        users.register(first)
+        users.register(replace(first, expires_at=AT + timedelta(seconds=900)))  # a refresh replaces
+        other = replace(
+            first, contact="<sip:alice@192.0.2.51;transport=tls>", expires_at=AT + timedelta(seconds=60)
+        )
+        users.register(other)
+        now = users.registrations(ALICE.sip_uri, AT)
+        assert [(r.contact, r.expires_at) for r in now] == [
+            (first.contact, AT + timedelta(seconds=900)),
+            (other.contact, other.expires_at),
+        ]
+        assert [r.contact for r in users.registrations(ALICE.sip_uri, AT + timedelta(seconds=61))] == [
+            first.contact
+        ]
+        users.unregister(ALICE.sip_uri, first.contact)
+        assert users.registrations(ALICE.sip_uri, AT + timedelta(seconds=61)) == []
+        assert users.registrations(BOB.sip_uri, AT) == []
+
+    def test_registration_of_unknown_user_is_refused(self, store: Store) -> None:
+        with pytest.raises(PoolError):
+            store.register(Registration("sip:nobody@lab.test", "<sip:x@y>", "A" * 40, "fe1", AT, AT))
+
+    def test_password_hash(self, users: Store) -> None:
+        assert users.password_hash(ALICE.sip_uri) is None
+        users.set_password(ALICE.sip_uri, "pbkdf2-x")
+        users.set_password(ALICE.sip_uri, "pbkdf2-y")
+        assert users.password_hash("SIP:Alice@lab.test") == "pbkdf2-y"
+        assert users.password_hash(BOB.sip_uri) is None
 
     # -- availability -----------------------------------------------------------------------------------
 

@@ -116,6 +116,7 @@ class PoolNode:
             secure_site(
                 lambda: self.base_url,
                 webticket.pin,
+                webticket.negotiate,
                 certprov.get_and_publish,
                 self.requestlog,
                 lambda: self.https.port,

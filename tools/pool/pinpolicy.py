@@ -149,7 +149,7 @@ def _pick(matches: list[tuple[User, PinRecord]], username: str) -> tuple[User, P
 _guard = threading.Lock()
 _user_locks: dict[str, threading.Lock] = {}
 # Verified when no user matches, so an unknown number costs the same PBKDF2 time as a wrong PIN.
-_DUMMY_HASH = hash_pin("0" * 8, salt=b"phoneprov-dummy!")
+DUMMY_HASH = hash_pin("0" * 8, salt=b"phoneprov-dummy!")
 
 
 @contextmanager
@@ -172,7 +172,7 @@ def authenticate(
     """Protocol.md §6.3 steps 1-5, in order: the user ``username`` + ``pin`` sign in as, or PinAuthError."""
     candidates = store.find_users(username)  # 1
     if not candidates:
-        verify_pin(pin, _DUMMY_HASH)
+        verify_pin(pin, DUMMY_HASH)
         raise PinAuthError(TicketFaultCode.PIN_INVALID, f"no user has number or extension {username!r}")
     with _serialised(candidates):
         user, record = _check_pin(store, policy, candidates, username, pin, at)

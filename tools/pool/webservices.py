@@ -21,6 +21,7 @@ MAX_DRAIN_BYTES = 4 * 1024 * 1024
 log = logging.getLogger("phoneprov.pool.web")
 
 Handler = Callable[[bytes], Reply]
+AuthHandler = Callable[[bytes, str | None], Reply]  # body, Authorization header
 StartResponse = Callable[..., Any]
 
 
@@ -32,9 +33,14 @@ class Site:
     """A tiny router: (method, path) → handler(body) → Reply; everything else is a plain-text error."""
 
     def __init__(
-        self, routes: Mapping[tuple[str, str], Handler], request_log: RequestLog, port: Callable[[], int]
+        self,
+        routes: Mapping[tuple[str, str], Handler | AuthHandler],
+        request_log: RequestLog,
+        port: Callable[[], int],
+        authenticated: frozenset[tuple[str, str]] = frozenset(),
     ):
         self.routes = {(m, p.lower()): h for (m, p), h in routes.items()}
+        self.authenticated = {(m, p.lower()) for m, p in authenticated}  # these handlers see Authorization
         self.request_log, self.port = request_log, port
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -80,7 +86,9 @@ class Site:
                 return body_or_error
             body = body_or_error
         try:
-            return handler(body)
+            if (method, path.lower()) in self.authenticated:
+                return handler(body, environ.get("HTTP_AUTHORIZATION"))  # type: ignore[call-arg]
+            return handler(body)  # type: ignore[call-arg]
         except Exception as exc:  # the pool must survive any handler bug; the log says what happened
             log.exception("handler for %s %s failed", method, path)
             return _text(500, f"internal error: {type(exc).__name__}")
@@ -120,6 +128,7 @@ def anonymous_site(rootchain: Callable[[], bytes], request_log: RequestLog, port
 def secure_site(
     base_https: Callable[[], str],
     pin: Handler,
+    negotiate: AuthHandler,
     get_and_publish: Handler,
     request_log: RequestLog,
     port: Callable[[], int],
@@ -134,10 +143,11 @@ def secure_site(
     def webticket_mex(_: bytes) -> Reply:
         return Reply(200, mex.build_webticket_mex(base_https() + WEBTICKET_PATH), xml, "mex")
 
-    routes: dict[tuple[str, str], Handler] = {
+    routes: dict[tuple[str, str], Handler | AuthHandler] = {
+        ("POST", WEBTICKET_PATH): negotiate,
         ("GET", CERTPROV_PATH + "/mex"): certprov_mex,
         ("POST", CERTPROV_PATH + "/WebTicket_Proof"): get_and_publish,
         ("GET", WEBTICKET_PATH + "/mex"): webticket_mex,
         ("POST", WEBTICKET_PATH + "/Pin"): pin,
     }
-    return Site(routes, request_log, port)
+    return Site(routes, request_log, port, frozenset({("POST", WEBTICKET_PATH)}))

@@ -1,7 +1,9 @@
-"""The Web Ticket service's PIN endpoint (protocol.md §6.3–6.5): PIN policy → SAML ticket + server entropy."""
+"""The Web Ticket service (protocol.md §6.3–6.5): the PIN endpoint (PIN policy → SAML ticket + server entropy)
+and the "WinNegotiate" endpoint, which in the lab takes HTTP Basic (the credential of Test-CsClientAuth)."""
 
 from __future__ import annotations
 
+import base64
 import secrets
 import uuid
 from collections.abc import Callable
@@ -11,10 +13,10 @@ from agent.stages import Stage, WireError
 from agent.wire import webticket
 from agent.wire.ticketfault import TicketFaultCode
 from tools.pool.errors import PoolError
-from tools.pool.pinpolicy import PinAuthError, PinPolicy, authenticate
+from tools.pool.pinpolicy import DUMMY_HASH, PinAuthError, PinPolicy, authenticate, verify_pin
 from tools.pool.provlog import ProvisioningLog, ProvRecord
 from tools.pool.reply import Reply
-from tools.pool.store.contract import Store
+from tools.pool.store.contract import Store, user_key
 from tools.pool.tickets import TicketCache, TicketRecord
 
 
@@ -50,20 +52,61 @@ class WebTicketService:
             return self._fault(exc.fault, exc.detail, rst.username)
         except PoolError as exc:  # StoreUnavailable and other store refusals
             return self._fault(TicketFaultCode.INTERNAL, exc.detail, rst.username)
+        return self._issue(rst, user.sip_uri, at)
+
+    def negotiate(self, body: bytes, authorization: str | None) -> Reply:
+        """POST <base> with HTTP Basic (user = SIP address, password = the lab credential); no PIN involved."""
+        creds = _basic(authorization)
+        if creds is None:
+            return self._challenge("-", "no or malformed Basic credentials")
+        username, password = creds
+        try:
+            rst = webticket.parse_rst(body, require_credentials=False)
+            user = self.store.get_user(username)
+            stored = self.store.password_hash(username) if user is not None else None
+        except WireError as exc:
+            return self._fault(TicketFaultCode.INTERNAL, f"bad request: {exc.detail}", username)
+        except PoolError as exc:
+            return self._fault(TicketFaultCode.INTERNAL, exc.detail, username)
+        if user is None or stored is None or not verify_pin(password, stored):
+            verify_pin(password, DUMMY_HASH) if stored is None else None  # same cost either way
+            return self._challenge(username, "unknown user or wrong password")
+        if not user.enabled:
+            return self._fault(TicketFaultCode.PIN_AUTH_DISABLED, f"{user.sip_uri} is disabled", username)
+        if rst.claims_uri is not None and user_key(rst.claims_uri) != user.key:
+            return self._fault(TicketFaultCode.CLAIM_MISMATCH, "claimed SIP URI is not the credential's", username)
+        return self._issue(rst, user.sip_uri, self.now())
+
+    def _issue(self, rst: webticket.RstRequest, sip_uri: str, at: datetime) -> Reply:
         server_entropy = secrets.token_bytes(32)
         assertion_id = f"SamlSecurityToken-{uuid.uuid4()}"
         key = webticket.proof_key(rst.client_entropy, server_entropy)
-        self.tickets.put(TicketRecord(assertion_id, user.sip_uri, key, at, at + self.lifetime))
-        self.log.record(
-            ProvRecord(user.sip_uri, "-", Stage.WEB_TICKET, "ok", "", assertion_id, "ticket issued")
-        )
+        self.tickets.put(TicketRecord(assertion_id, sip_uri, key, at, at + self.lifetime))
+        self.log.record(ProvRecord(sip_uri, "-", Stage.WEB_TICKET, "ok", "", assertion_id, "ticket issued"))
         body_out = webticket.build_rstr(
-            rst.context, assertion_id, self.issuer(), user.sip_uri, at, self.lifetime, server_entropy
+            rst.context, assertion_id, self.issuer(), sip_uri, at, self.lifetime, server_entropy
         )
         return Reply(200, body_out, (("Content-Type", "text/xml; charset=utf-8"),), "ticket issued")
+
+    def _challenge(self, who: str, detail: str) -> Reply:
+        self.log.record(ProvRecord(who, "-", Stage.WEB_TICKET, "failed", "401", "-", detail))
+        headers = (("WWW-Authenticate", f'Basic realm="{self.fqdn}"'), ("Content-Type", "text/plain"))
+        return Reply(401, b"authentication required\n", headers, f"401 {detail}")
 
     def _fault(self, code: TicketFaultCode, detail: str, who: str) -> Reply:
         body, diag = webticket.build_ticket_fault(code, code.reason_name, self.fqdn)
         self.log.record(ProvRecord(who, "-", Stage.WEB_TICKET, "failed", str(int(code)), "-", detail))
         headers = (("Content-Type", "text/xml; charset=utf-8"), ("X-Ms-diagnostics", diag))
         return Reply(500, body, headers, f"{int(code)} {code.reason_name}")
+
+
+def _basic(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from ``Authorization: Basic …``, or None for anything else."""
+    if not header or not header[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep and user else None
