@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent import enroll, ticket
 from agent.clock import TimeConfig, TimeSync, sync_time
 from agent.clocks import Clock
-from agent.diagnosis import Diagnosis, diagnose
+from agent.diagnosis import Diagnosis
 from agent.discovery import Discovery, DiscoveryConfig, discover
 from agent.net import PhoneHttp, Resolver
-from agent.stages import AgentError, Stage, StageResult
+from agent.runner import StageFailed, StageRunner
+from agent.stages import Stage, StageResult
 from agent.trust import TrustResult, establish_trust
 from agent.truststore import TrustStore
 
@@ -80,10 +81,6 @@ class PhoneRun:
         return self.diagnosis is None
 
 
-class _Failed(Exception):
-    """Internal: a stage failed and has been recorded; stop the sequence."""
-
-
 class Phone:
     def __init__(
         self,
@@ -94,9 +91,8 @@ class Phone:
         on_stage: Callable[[StageResult], None] | None = None,
     ) -> None:
         self.cfg, self.trust, self.clock = cfg, trust, clock
-        self.on_key, self.on_stage = on_key, on_stage
-        self.results: list[StageResult] = []
-        self.error: AgentError | None = None
+        self.on_key = on_key
+        self.runner = StageRunner(clock, on_stage)
         self.resolver = Resolver({k.lower(): v for k, v in cfg.hosts.items()})
 
     def run(self) -> PhoneRun:
@@ -105,16 +101,13 @@ class Phone:
         http = PhoneHttp(self.resolver, self.cfg.http_timeout_s)
         try:
             self._provision(http, progress)
-        except _Failed:
-            done = {r.stage for r in self.results}
-            for stage in PROVISIONING_STAGES:
-                if stage not in done:
-                    self._record(StageResult(stage, "skipped", detail="not reached"))
+        except StageFailed:
+            self.runner.skip_rest(PROVISIONING_STAGES)
         finally:
             http.close()
         return PhoneRun(
-            results=tuple(self.results),
-            diagnosis=diagnose(self.error) if self.error else None,
+            results=tuple(self.runner.results),
+            diagnosis=self.runner.diagnosis,
             discovery=progress.discovery,
             time_sync=progress.time_sync,
             trust=progress.trust,
@@ -125,20 +118,20 @@ class Phone:
 
     def _provision(self, http: PhoneHttp, p: _Progress) -> None:
         cfg = self.cfg
-        found = p.discovery = self._stage(
+        found = p.discovery = self.runner.run(
             Stage.DHCP_INFORM,
             lambda: discover(cfg.discovery, self.clock, lambda: random.getrandbits(32)),
             lambda d: (
                 f"{d.source} ({d.answered_by or 'config'}): {d.certprov_url}; registrar {d.registrar_fqdn}"
             ),
         )
-        synced = p.time_sync = self._stage(
+        synced = p.time_sync = self.runner.run(
             Stage.TIME,
             lambda: sync_time(found.ntp_servers, cfg.time, self.clock, self.resolver),
             lambda t: f"{t.server}: offset {t.offset_s:+.3f} s, delay {t.delay_s * 1000:.1f} ms",
         )
         now = synced.clock.now
-        trusted = p.trust = self._stage(
+        trusted = p.trust = self.runner.run(
             Stage.ROOT_CHAIN,
             lambda: establish_trust(self.trust, http, found.certprov_url, now(), cfg.anon_http_port),
             _describe_chain,
@@ -162,7 +155,7 @@ class Phone:
     ) -> x509.Certificate:
         """WEB_TICKET, CERT_REQUEST (key + CSR + GetAndPublishCert), CERT_PUBLISH (the returned certificate)."""
         cfg = self.cfg
-        held = self._stage(
+        held = self.runner.run(
             Stage.WEB_TICKET,
             lambda: ticket.request_ticket(
                 http, ticket.find_endpoints(http, certprov_url), cfg.username, cfg.pin, cfg.sip_uri
@@ -180,68 +173,19 @@ class Phone:
             )
             return key, cert_der, request_id
 
-        key, cert_der, _ = self._stage(
+        key, cert_der, _ = self.runner.run(
             Stage.CERT_REQUEST,
             request,
             lambda r: f"new RSA {cfg.key_bits} key + PKCS#10; GetAndPublishCert accepted (request {r[2]})",
-            retry_ticket=retry,
+            passthrough=(enroll.TicketRejected,) if retry else (),
         )
-        return self._stage(
+        return self.runner.run(
             Stage.CERT_PUBLISH,
             lambda: enroll.check_issued(
                 cert_der, key, held.sip_uri, self.trust, trusted.intermediates, now()
             ),
             lambda c: f"published to the home pool and returned: serial {c.serial_number:032x}",
         )
-
-    def _stage(
-        self, stage: Stage, work: Callable[[], T], describe: Callable[[T], str], *, retry_ticket: bool = False
-    ) -> T:
-        """Run one stage's work, time it, record one status line; raise _Failed after a recorded failure.
-
-        An error naming a *later* stage (3005 arrives as the answer to CERT_REQUEST but is CERT_PUBLISH's
-        failure) records this stage as ok first, so the status shows exactly where sign-in stopped.
-        """
-        start = self.clock.monotonic()
-        try:
-            value = work()
-        except enroll.TicketRejected as exc:
-            self._record(StageResult(stage, "failed", exc.code, exc.detail, self._ms(start)))
-            if retry_ticket:
-                raise
-            self._stop(exc)
-        except AgentError as exc:
-            failed = exc.stage or stage
-            if failed is not stage and _order(failed) > _order(stage):
-                self._record(
-                    StageResult(
-                        stage,
-                        "ok",
-                        None,
-                        "request accepted; the pool answered for a later stage",
-                        self._ms(start),
-                    )
-                )
-            self._record(StageResult(failed, "failed", exc.code, exc.detail, self._ms(start)))
-            self._stop(exc)
-        self._record(StageResult(stage, "ok", None, describe(value), self._ms(start)))
-        return value
-
-    def _stop(self, exc: AgentError) -> NoReturn:
-        self.error = exc
-        raise _Failed from None
-
-    def _record(self, result: StageResult) -> None:
-        self.results.append(result)
-        if self.on_stage:
-            self.on_stage(result)
-
-    def _ms(self, start: float) -> float:
-        return (self.clock.monotonic() - start) * 1000.0
-
-
-def _order(stage: Stage) -> int:
-    return list(Stage).index(stage)
 
 
 def _describe_chain(t: TrustResult) -> str:

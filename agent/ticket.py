@@ -77,7 +77,9 @@ def request_ticket_basic(
     if endpoints.negotiate_url is None:
         raise StageError(STAGE, "MEX", "the Web Ticket /mex names no WinNegotiate endpoint")
     basic = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return _request(http, endpoints.negotiate_url, endpoints.proof_url, ("", ""), f"Basic {basic}", claims_uri)
+    return _request(
+        http, endpoints.negotiate_url, endpoints.proof_url, ("", ""), f"Basic {basic}", claims_uri
+    )
 
 
 def _request(
