@@ -29,6 +29,7 @@ demo: $(STAMP) $(ROOTS)
 	$(BIN)/phoneprov demo
 	$(BIN)/phoneprov demo --fault datastore
 	$(BIN)/phoneprov demo --fault chain
+	$(BIN)/phoneprov demo --fault registrar
 
 test: $(STAMP) $(ROOTS) lint
 	$(BIN)/python -m pytest -q

@@ -160,6 +160,87 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "The certificate was issued but could not be published.",
         "Check the home pool's data store.",
     ),
+    (Stage.REGISTER, "4101"): (
+        "The registrar does not know the phone's certificate (not issued by the pool CA, not published for "
+        "this user in the data store, or revoked).",
+        "Power-cycle the phone to provision a new certificate; if it persists check that CertProv publishes "
+        "to the data store the registrar reads (the user's home pool).",
+    ),
+    (Stage.REGISTER, "4102"): (
+        "The registrar refused the phone's certificate as expired or not yet valid.",
+        "Check the phone's and the pool's clocks, then power-cycle the phone to provision a new certificate.",
+    ),
+    (Stage.REGISTER, "4103"): (
+        "The phone's certificate names another user than the SIP address it registers (AOR mismatch).",
+        "Sign the phone in again as the certificate's user, or re-provision it for this user.",
+    ),
+    (Stage.REGISTER, "4104"): (
+        "The registrar cannot reach the data store to check the certificate or record the registration.",
+        "Power-cycle the phone to retry (sporadic); if it persists, restore the home pool's data store "
+        "and check the registrar log on every node.",
+    ),
+    (Stage.REGISTER, "4105"): (
+        "The registrar is unhealthy and refuses registrations (503).",
+        "Restore the registrar service on the pool (check every node's registrar log), then power-cycle.",
+    ),
+    (Stage.REGISTER, "BAD_SIGNATURE"): (
+        "The registrar's TLS-DSK signature (rspauth) did not verify: the answer was not from the registrar "
+        "the phone authenticated, or was altered.",
+        "Check for a proxy or load balancer rewriting SIP between the phone and the registrar.",
+    ),
+    (Stage.REGISTER, "401_LOOP"): (
+        "The registrar kept asking for TLS-DSK authentication without accepting it (401 loop).",
+        "Check the registrar log for the refusal reason (signature, SA); all nodes must share the pool CA.",
+    ),
+    (Stage.REGISTER, "TLS_DSK"): (
+        "The TLS-DSK handshake carried in SIP failed (bad flight, or the registrar's certificate inside it "
+        "is not trusted).",
+        "Check the registrar's certificate chains to a root the phone ships and names the registrar FQDN.",
+    ),
+    (Stage.REGISTER, "NO_TLS_DSK"): (
+        "The registrar does not offer TLS-DSK (certificate) authentication.",
+        "Enable certificate authentication (UseCertificateAuth) on the registrar.",
+    ),
+    (Stage.REGISTER, "UNEXPECTED"): (
+        "The registrar answered the REGISTER with an unexpected status.",
+        "See the detail for the status; check the registrar log.",
+    ),
+    (Stage.REGISTER, "MALFORMED"): (
+        "The registrar sent SIP the phone cannot parse.",
+        "Check that the phone talks to a SIP registrar on the configured port (TLS 5061).",
+    ),
+    (Stage.REGISTER, "UNREACHABLE"): (
+        "The registrar cannot be reached (wrong FQDN or port, DNS, or the service is down).",
+        "Check option 120 / the configured registrar FQDN, DNS, and that TCP 5061 is open and listening.",
+    ),
+    (Stage.REGISTER, "TIMEOUT"): (
+        "The registrar did not answer in time.",
+        "Check the registrar is healthy and not overloaded; power-cycle the phone to retry.",
+    ),
+    (Stage.REGISTER, "CONNECTION_LOST"): (
+        "The registrar closed the TLS connection during sign-in.",
+        "Check the registrar log for why it dropped the connection; power-cycle the phone to retry.",
+    ),
+    (Stage.REGISTER, "REDIRECT_LOOP"): (
+        "The registrars kept redirecting the phone without reaching its home pool.",
+        "Fix the users' home-pool assignment so the first-contact pool redirects to a pool that serves them.",
+    ),
+    (Stage.REGISTER, "TLS"): (
+        "The TLS connection to the registrar failed before SIP could start.",
+        "Check the registrar listens with TLS 1.2+ on the configured port.",
+    ),
+    (Stage.REGISTER, "CHAIN_INCOMPLETE"): (
+        "The registrar's certificate does not chain to a root shipped on the phone.",
+        "Serve the registrar's full chain, or add the lab root to the phone's shipped roots.",
+    ),
+    (Stage.REGISTER, "CHAIN_INVALID"): (
+        "The registrar's certificate reaches a shipped root but is not valid (dates, name, usage).",
+        "Check the phone's clock and that the registrar certificate's SAN names the registrar FQDN.",
+    ),
+    (Stage.REGISTER, "NO_REGISTRAR"): (
+        "The phone knows no registrar: DHCP gave no option 120 and none is configured.",
+        "Serve option 120 (the pool FQDN, encoding 0) or configure the registrar FQDN on the phone.",
+    ),
     (Stage.REGISTER, "*"): (
         "Registration with the registrar failed.",
         "Check the registrar FQDN and port, that it is healthy, and that the user's certificate is published.",

@@ -21,19 +21,23 @@ from agent.clocks import Clock
 from agent.diagnosis import Diagnosis
 from agent.discovery import Discovery, DiscoveryConfig, discover
 from agent.net import PhoneHttp, Resolver
+from agent.register import RegisterConfig, RegistrarSession, sign_in
 from agent.runner import StageFailed, StageRunner
-from agent.stages import Stage, StageResult
+from agent.stages import Stage, StageError, StageResult
 from agent.trust import TrustResult, establish_trust
 from agent.truststore import TrustStore
+from agent.wire.regflow import Registered
 
 T = TypeVar("T")
-PROVISIONING_STAGES = (
+SIGN_IN_STAGES = (
     Stage.DHCP_INFORM,
     Stage.TIME,
     Stage.ROOT_CHAIN,
     Stage.WEB_TICKET,
     Stage.CERT_REQUEST,
     Stage.CERT_PUBLISH,
+    Stage.REGISTER,
+    Stage.SIGNED_IN,
 )
 
 
@@ -51,6 +55,8 @@ class PhoneConfig:
     hosts: Mapping[str, str] = field(default_factory=dict)
     http_timeout_s: float = 10.0
     key_bits: int = 2048
+    registrar_port: int = 5061
+    register_expires_s: int = 600
 
 
 @dataclass
@@ -63,6 +69,7 @@ class _Progress:
     sip_uri: str | None = None
     key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = None
+    session: RegistrarSession | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class PhoneRun:
     sip_uri: str | None = None
     key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = None
+    registered: Registered | None = None
+    session: RegistrarSession | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -95,16 +104,22 @@ class Phone:
         self.runner = StageRunner(clock, on_stage)
         self.resolver = Resolver({k.lower(): v for k, v in cfg.hosts.items()})
 
-    def run(self) -> PhoneRun:
-        """Run DHCP_INFORM … CERT_PUBLISH; stages after a failure are recorded as skipped."""
+    def run(self, keep_signed_in: bool = False) -> PhoneRun:
+        """Run DHCP_INFORM … SIGNED_IN; stages after a failure are recorded as skipped.
+
+        With ``keep_signed_in`` the registrar session stays open in ``PhoneRun.session`` (the caller keeps it
+        alive with ``session.run`` and closes it); otherwise it is closed before returning.
+        """
         progress = _Progress()
         http = PhoneHttp(self.resolver, self.cfg.http_timeout_s)
         try:
             self._provision(http, progress)
         except StageFailed:
-            self.runner.skip_rest(PROVISIONING_STAGES)
+            self.runner.skip_rest(SIGN_IN_STAGES)
         finally:
             http.close()
+            if progress.session is not None and not keep_signed_in:
+                progress.session.close()
         return PhoneRun(
             results=tuple(self.runner.results),
             diagnosis=self.runner.diagnosis,
@@ -114,6 +129,8 @@ class Phone:
             sip_uri=progress.sip_uri,
             key=progress.key,
             certificate=progress.certificate,
+            registered=progress.session.registered if progress.session else None,
+            session=progress.session if keep_signed_in else None,
         )
 
     def _provision(self, http: PhoneHttp, p: _Progress) -> None:
@@ -140,9 +157,48 @@ class Phone:
         for attempt in (1, 2):  # ErrorInfo 3001: discard the ticket and get a new one, once
             try:
                 p.certificate = self._enroll(http, p, found.certprov_url, trusted, now, retry=attempt == 1)
-                return
+                break
             except enroll.TicketRejected:
                 continue
+        self._register(p, found, trusted, synced)
+
+    def _register(self, p: _Progress, found: Discovery, trusted: TrustResult, synced: TimeSync) -> None:
+        """REGISTER with TLS-DSK and the new certificate; SIGNED_IN once the registrar confirmed it."""
+        cfg = self.cfg
+        cert, key, aor = p.certificate, p.key, p.sip_uri
+        assert cert is not None and key is not None and aor is not None  # set by the stages above
+
+        def register() -> RegistrarSession:
+            if not found.registrar_fqdn:
+                raise StageError(
+                    Stage.REGISTER, "NO_REGISTRAR", "no registrar FQDN (option 120 or configuration)"
+                )
+            rcfg = RegisterConfig(found.registrar_fqdn, cfg.registrar_port, cfg.register_expires_s)
+            return sign_in(
+                rcfg, self.trust, self.resolver, trusted.intermediates, cert, key, aor, synced.clock
+            )
+
+        p.session = self.runner.run(
+            Stage.REGISTER,
+            register,
+            lambda s: (
+                f"TLS-DSK ({s.registered.tls_version}) with {s.registered.registrar}:{s.registered.port}"
+                + (
+                    f", redirected from {s.registered.redirected_from}"
+                    if s.registered.redirected_from
+                    else ""
+                )
+            ),
+        )
+        session = p.session
+        self.runner.run(
+            Stage.SIGNED_IN,
+            lambda: session.registered,
+            lambda r: (
+                f"{r.aor} registered for {r.expires_s} s; re-register at {r.refresh_at:%H:%M:%S}Z, "
+                f"new SA by {r.sa_expires_at:%Y-%m-%d %H:%M}Z"
+            ),
+        )
 
     def _enroll(
         self,

@@ -20,6 +20,7 @@ from agent.stages import AgentError
 from tools import demo, report
 from tools.pool import config as pool_config
 from tools.pool.errors import PoolError
+from tools.pool.pinpolicy import hash_pin
 from tools.pool.store import open_store
 from tools.pool.users import add_user
 
@@ -44,7 +45,8 @@ def _build() -> argparse.ArgumentParser:
     d.add_argument(
         "--fault",
         choices=demo.FAULTS,
-        help="datastore: store unavailable (3005); chain: no path to a shipped root",
+        help="datastore: store unavailable (3005); chain: no path to a shipped root; "
+        "registrar: registrar unhealthy (4105)",
     )
     d.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     d.add_argument("--workdir", type=Path, help="keep pool and phone state here (default: a temp dir)")
@@ -60,10 +62,34 @@ def _build() -> argparse.ArgumentParser:
     lst.add_argument("--roots-dir", type=Path, default=certs.ROOTS_DIR)
     lst.add_argument("--json", action="store_true")
 
+    ca = sub.add_parser(
+        "test-clientauth",
+        help="like Test-CsClientAuth: credential → ticket → certificate → REGISTER",
+        description="Sign a user in with a credential (HTTP Basic in the lab): web ticket, a certificate for a "
+        "throwaway key (CERT_REQUEST/CERT_PUBLISH), then REGISTER with TLS-DSK. Exit 0 only on success.",
+    )
+    ca.add_argument("--user-sip-address", required=True, help="sip:alice@lab.test")
+    ca.add_argument("--credential", required=True, help="USER:PASSWORD, or USER with the password on stdin")
+    ca.add_argument("--target-fqdn", help="registrar / pool FQDN (default: the host of --target-uri)")
+    ca.add_argument(
+        "--target-uri", help="CertProv URL (default: https://FQDN/CertProv/CertProvisioningService.svc)"
+    )
+    ca.add_argument("--registrar-port", type=int, default=5061)
+    ca.add_argument("--anon-port", type=int, default=80, help="HTTP port of the anonymous root-chain site")
+    ca.add_argument("--resolve", action="append", default=[], metavar="NAME=ADDR", help="like curl --resolve")
+    ca.add_argument("--roots-dir", type=Path, action="append", default=[], help="extra lab roots (PEM files)")
+    ca.add_argument("--json", action="store_true")
+    ca.add_argument("--verbose", action="store_true", help="print each stage as it completes")
+
     pool = sub.add_parser("pool", help="run a lab pool node", description="Lab pool node operations.")
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     serve = psub.add_parser("serve", help="run a pool node until interrupted")
     serve.add_argument("--config", type=Path, required=True, help="pool TOML (see tools/pool/config.py)")
+    pw = psub.add_parser(
+        "set-password", help="set a user's lab credential for Basic sign-in (read from stdin)"
+    )
+    pw.add_argument("--config", type=Path, required=True)
+    pw.add_argument("--sip", required=True)
     user = psub.add_parser("add-user", help="provision a user with a PIN (PIN read from stdin)")
     user.add_argument("--config", type=Path, required=True)
     user.add_argument("--sip", required=True, help="sip:alice@lab.test")
@@ -79,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "certs":
             return _certs(args)
+        if args.command == "test-clientauth":
+            return _client_auth(args)
         return _pool(args)
     except PoolError as exc:
         print(f"phoneprov: error: {exc.detail}", file=sys.stderr)
@@ -96,6 +124,46 @@ def _demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.demo_document(outcome), indent=2))
     return outcome.exit_code
+
+
+def _client_auth(args: argparse.Namespace) -> int:
+    from agent.truststore import TrustStore
+    from tools.diag import ClientAuthTarget, client_auth
+
+    user, sep, password = args.credential.partition(":")
+    if not sep:
+        password = sys.stdin.readline().rstrip("\n")
+    resolve = dict(_name_addr(item) for item in args.resolve)
+    target = ClientAuthTarget(
+        args.user_sip_address,
+        (user, password),
+        args.target_fqdn,
+        args.target_uri,
+        args.registrar_port,
+        args.anon_port,
+        resolve,
+    )
+    trust = TrustStore.from_pem_files(certs.anchor_files(extra_dirs=(certs.ROOTS_DIR, *args.roots_dir)))
+    verbose = report.stage_line if args.verbose and not args.json else None
+    result = client_auth(
+        target, trust, on_stage=(lambda r: print(verbose(r), flush=True)) if verbose else None
+    )
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        doc = result.as_dict()
+        for key in ("TargetFqdn", "Result", "Latency", "Error"):
+            print(f"{key:<11}: {doc[key]}")
+        d = result.diagnosis
+        print(f"{'Diagnosis':<11}: {f'{d.stage} {d.code}: {d.problem} Remedy: {d.remedy}' if d else ''}")
+    return 0 if result.ok else 1
+
+
+def _name_addr(item: str) -> tuple[str, str]:
+    name, sep, addr = item.partition("=")
+    if not sep or not name or not addr:
+        raise ValueError(f"--resolve takes NAME=ADDR, got {item!r}")
+    return name.lower(), addr
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -122,13 +190,22 @@ def _pool(args: argparse.Namespace) -> int:
             add_user(store, cfg.pin_policy, args.sip, args.line, pin, datetime.now(UTC), args.name, cfg.fqdn)
         print(f"added {args.sip}")
         return 0
+    if args.pool_command == "set-password":
+        secret = sys.stdin.readline().rstrip("\n")
+        if not secret:
+            raise ValueError("empty password on stdin")
+        with open_store(cfg.store, timeout_s=cfg.store_timeout_s) as store:
+            store.set_password(args.sip, hash_pin(secret))
+        print(f"password set for {args.sip}")
+        return 0
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with PoolNode(cfg) as node:
         p = node.ports
         print(
-            f"pool {cfg.fqdn} node {cfg.node}: dhcp {p.dhcp} sntp {p.sntp} http {p.http} https {p.https}; "
+            f"pool {cfg.fqdn} node {cfg.node}: dhcp {p.dhcp} sntp {p.sntp} http {p.http} https {p.https} "
+            f"sip/tls {p.sip}; "
             f"CertProv {node.certprov_url}",
             flush=True,
         )

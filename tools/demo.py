@@ -31,12 +31,17 @@ from tools.pool.config import PoolConfig, Ports
 from tools.pool.node import PoolNode
 from tools.pool.store.sqlite import StoreBlocker
 
-FAULTS = ("datastore", "chain")
+FAULTS = ("datastore", "chain", "registrar")
 DEMO_USER = "sip:alice@lab.test"
 DEMO_LINE = "tel:+14255550123;ext=123"
 DEMO_NUMBER = "+14255550123"
 DEMO_PIN = "80613"
-EXPECTED = {"datastore": (Stage.CERT_PUBLISH, "3005"), "chain": (Stage.ROOT_CHAIN, "CHAIN_INCOMPLETE")}
+# fault → (stage, code) the diagnosis must name, and whether the certificate is published despite the fault
+EXPECTED = {
+    "datastore": (Stage.CERT_PUBLISH, "3005", False),
+    "chain": (Stage.ROOT_CHAIN, "CHAIN_INCOMPLETE", False),
+    "registrar": (Stage.REGISTER, "4105", True),
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Attempt:
     title: str
     run: PhoneRun
     published: tuple[dict[str, Any], ...]
+    registrations: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ def run_demo(
     with _workdir(workdir) as root:
         cfg = PoolConfig(
             state_dir=root / "pool",
-            ports=Ports(dhcp=0, sntp=0, http=0, https=0),
+            ports=Ports(dhcp=0, sntp=0, http=0, https=0, sip=0),
             store_timeout_s=store_timeout_s,
             incomplete_chain=fault == "chain",
         )
@@ -91,6 +97,12 @@ def run_demo(
                     first = _boot("data store unavailable", node, root, on_event)
                 on_event("repair", "the data store is back")
                 second = _boot("phone power-cycled", node, root, on_event)
+            elif fault == "registrar":
+                node.registrar.unhealthy = True
+                first = _boot("registrar unhealthy", node, root, on_event)
+                node.registrar.unhealthy = False
+                on_event("repair", "the registrar is healthy again")
+                second = _boot("phone power-cycled", node, root, on_event)
             else:
                 first = _boot("web chain served without its issuing CA", node, root, on_event)
         if fault == "chain":
@@ -99,7 +111,10 @@ def run_demo(
                 on_event("pool", node)
                 second = _boot("phone power-cycled", node, root, on_event)
     diag = first.run.diagnosis
-    correct = diag is not None and (diag.stage, diag.code) == EXPECTED[fault] and not first.published
+    stage, code, published = EXPECTED[fault]
+    correct = (
+        diag is not None and (diag.stage, diag.code) == (stage, code) and bool(first.published) == published
+    )
     on_event("verdict", correct)
     return DemoOutcome(fault, (first, second), correct, _pool_info(cfg, workdir is not None))
 
@@ -131,6 +146,7 @@ def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, objec
         ),
         time=TimeConfig(port=ports.sntp, fallback=()),
         anon_http_port=ports.http,
+        registrar_port=ports.sip,
         hosts={node.cfg.fqdn: "127.0.0.1"},
     )
     state = StateStore(phone_dir / "state")
@@ -139,7 +155,8 @@ def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, objec
     if run.certificate is not None:
         state.save_certificate(run.certificate)
     published = tuple(c.as_row() for c in node.store.certificates(DEMO_USER))
-    attempt = Attempt(title, run, published)
+    bindings = tuple(r.as_row() for r in node.store.registrations(DEMO_USER, node.clock.now()))
+    attempt = Attempt(title, run, published, bindings)
     on_event("result", attempt)
     return attempt
 

@@ -2,7 +2,7 @@
 
 The JSON shape is an interface lab scripts rely on (issue 2):
 ``{"result", "stages": [{"stage","result","code","detail","ms"}], "certificate": {...}, "published": {...},
-"diagnosis": {...} | null}`` — fault demos add ``fault``, ``diagnosis_correct`` and ``recovery`` (the same
+"registration": {...} | null, "diagnosis": {...} | null}`` — fault demos add ``fault``, ``diagnosis_correct`` and ``recovery`` (the same
 shape for the boot after the repair).
 """
 
@@ -46,8 +46,16 @@ def attempt_document(attempt: Attempt) -> dict[str, Any]:
         "stages": [r.as_dict() for r in run.results],
         "certificate": certificate_info(mine) if mine is not None else None,
         "published": _public_row(published) if published else None,
+        "registration": _registration(attempt, mine),
         "diagnosis": run.diagnosis.as_dict() if run.diagnosis else None,
     }
+
+
+def _registration(attempt: Attempt, mine: x509.Certificate | None) -> dict[str, Any] | None:
+    """The registrar's binding made with this boot's certificate, as the data store holds it."""
+    if mine is None or attempt.run.registered is None:
+        return None
+    return next((r for r in attempt.registrations if r.get("thumbprint") == thumbprint(mine)), None)
 
 
 def _public_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +87,7 @@ def text_printer(out: TextIO) -> Callable[[str, object], None]:
             cfg = value.cfg  # type: ignore[attr-defined]
             print(
                 f"lab pool {cfg.fqdn} (node {cfg.node}) on {cfg.bind}: dhcp {p.dhcp}, sntp {p.sntp}, "
-                f"http {p.http}, https {p.https}",
+                f"http {p.http}, https {p.https}, sip/tls {p.sip}",
                 file=out,
             )
         elif kind == "attempt":
@@ -115,6 +123,11 @@ def _print_result(attempt: Attempt, out: TextIO) -> None:
             print(f"                 {key:<13} {value}", file=out)
     else:
         print(f"  data store   {len(attempt.published)} certificate(s) published for this user", file=out)
+    if doc["registration"]:
+        reg = doc["registration"]
+        print(
+            f"  registrar    bound {reg['contact']} until {reg['expires_at']} (node {reg['node']})", file=out
+        )
     if doc["diagnosis"]:
         d = doc["diagnosis"]
         print(f"\n  DIAGNOSIS    {d['stage']} {d['code']}: {d['problem']}", file=out)

@@ -64,6 +64,7 @@ class Lab:
             ),
             time=TimeConfig(port=ports.sntp, fallback=(), timeout_s=1.0),
             anon_http_port=ports.http,
+            registrar_port=ports.sip,
             hosts={self.node.cfg.fqdn: "127.0.0.1"},
             key_bits=2048,
         )
@@ -93,7 +94,7 @@ def start_lab(tmp: Path, shift: timedelta = timedelta(), **cfg_changes: object) 
     clock.shift = shift
     cfg = PoolConfig(
         state_dir=tmp / "pool",
-        ports=Ports(0, 0, 0, 0),
+        ports=Ports(0, 0, 0, 0, 0),
         store_timeout_s=0.5,
         pin_policy=PinPolicy(max_logon_attempts=3),
     )

@@ -88,6 +88,8 @@ def test_phone_gets_a_new_ticket_once_after_3001(lab: Lab) -> None:
         ("WEB_TICKET", "ok", None),
         ("CERT_REQUEST", "ok", None),
         ("CERT_PUBLISH", "ok", None),
+        ("REGISTER", "ok", None),
+        ("SIGNED_IN", "ok", None),
     ]
 
 

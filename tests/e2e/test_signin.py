@@ -31,6 +31,8 @@ def test_sign_in_publishes_and_returns_the_certificate(lab: Lab) -> None:
         Stage.WEB_TICKET,
         Stage.CERT_REQUEST,
         Stage.CERT_PUBLISH,
+        Stage.REGISTER,
+        Stage.SIGNED_IN,
     ]
     assert all(r.result == "ok" for r in run.results)
     assert run.discovery is not None and run.discovery.source == "dhcp"
@@ -41,6 +43,9 @@ def test_sign_in_publishes_and_returns_the_certificate(lab: Lab) -> None:
     rows = lab.node.store.certificates(ALICE)
     assert [r.thumbprint for r in rows] == [thumbprint(cert)]
     assert rows[0].der == cert.public_bytes(serialization.Encoding.DER)
+    assert run.registered is not None and run.registered.aor == ALICE and run.registered.expires_s == 600
+    bindings = lab.node.store.registrations(ALICE, lab.clock.now())
+    assert [b.thumbprint for b in bindings] == [thumbprint(cert)]
 
 
 def test_key_file_is_private(lab: Lab) -> None:

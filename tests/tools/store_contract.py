@@ -14,9 +14,9 @@ import base64
 import json
 import threading
 import time
-from dataclasses import replace
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest

@@ -12,7 +12,16 @@ import pytest
 from tools.cli import main
 
 pytestmark = pytest.mark.timeout(90)
-STAGES = ["DHCP_INFORM", "TIME", "ROOT_CHAIN", "WEB_TICKET", "CERT_REQUEST", "CERT_PUBLISH"]
+STAGES = [
+    "DHCP_INFORM",
+    "TIME",
+    "ROOT_CHAIN",
+    "WEB_TICKET",
+    "CERT_REQUEST",
+    "CERT_PUBLISH",
+    "REGISTER",
+    "SIGNED_IN",
+]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -49,6 +58,20 @@ def test_demo_fault_chain_names_the_missing_issuer(capsys: pytest.CaptureFixture
     assert code == 0
     assert "CHAIN_INCOMPLETE" in out and "missing issuer CN=Communications Server" in out
     assert "diagnosis matches the injected fault" in out
+
+
+def test_demo_fault_registrar_diagnoses_4105_and_recovers(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "--fault", "registrar", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["diagnosis_correct"] is True
+    assert (doc["diagnosis"]["stage"], doc["diagnosis"]["code"]) == ("REGISTER", "4105")
+    assert doc["published"] is not None and doc["registration"] is None
+    assert doc["recovery"]["registration"]["sip_uri"] == "sip:alice@lab.test"
+    assert doc["recovery"]["stages"][-1] == {
+        **doc["recovery"]["stages"][-1],
+        "stage": "SIGNED_IN",
+        "result": "ok",
+    }
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ dhcp = 67
 sntp = 123
 http = 80
 https = 443
+sip = 5061                     # the registrar (SIP over TLS, TLS-DSK)
 [store]
 url = "sqlite:///var/lib/phoneprov-pool/store.sqlite"
 timeout_s = 2.0
@@ -24,6 +25,7 @@ default_validity_hours = 4320
 [faults]
 incomplete_chain = false       # serve the web chain without its issuing CA (failure 3)
 sntp_offset_s = 0.0            # the lab's time source is this far off
+registrar_unhealthy = false    # the registrar answers 503 / ms-diagnostics 4105 (failure 2)
 ```
 """
 
@@ -55,9 +57,10 @@ class Ports:
     sntp: int = 123
     http: int = 80
     https: int = 443
+    sip: int = 5061
 
     def __post_init__(self) -> None:
-        for name in ("dhcp", "sntp", "http", "https"):
+        for name in ("dhcp", "sntp", "http", "https", "sip"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
                 raise ConfigError(f"port {name} must be a whole number 0..65535, got {value!r}")
@@ -83,6 +86,7 @@ class PoolConfig:
     ticket_lifetime: timedelta = timedelta(hours=8)
     incomplete_chain: bool = False
     sntp_offset_s: float = 0.0
+    registrar_unhealthy: bool = False
 
     def __post_init__(self) -> None:
         for name in ("fqdn", "domain", "registrar_fqdn"):
@@ -101,8 +105,10 @@ class PoolConfig:
             raise ConfigError(f"store timeout_s must be a positive number, got {self.store_timeout_s!r}")
         if not isinstance(self.ticket_lifetime, timedelta) or self.ticket_lifetime <= timedelta():
             raise ConfigError("ticket_lifetime_hours must be a positive number")
-        if not isinstance(self.incomplete_chain, bool) or not _number(self.sntp_offset_s):
-            raise ConfigError("[faults] incomplete_chain must be true/false and sntp_offset_s a number")
+        if not all(isinstance(f, bool) for f in (self.incomplete_chain, self.registrar_unhealthy)):
+            raise ConfigError("[faults] incomplete_chain and registrar_unhealthy must be true or false")
+        if not _number(self.sntp_offset_s):
+            raise ConfigError("[faults] sntp_offset_s must be a number")
         if self.store_url is not None and not isinstance(self.store_url, str):
             raise ConfigError(f"store url must be a string, got {self.store_url!r}")
 
@@ -150,6 +156,7 @@ def from_dict(data: dict[str, Any], where: str = "config", base: Path = Path("."
         "store_timeout_s": store.pop("timeout_s", 2.0),
         "incomplete_chain": faults.pop("incomplete_chain", False),
         "sntp_offset_s": faults.pop("sntp_offset_s", 0.0),
+        "registrar_unhealthy": faults.pop("registrar_unhealthy", False),
     }
     for leftover, name in ((store, "store"), (faults, "faults")):
         if leftover:

@@ -26,6 +26,7 @@ from tools.pool.certprov import CertProvService
 from tools.pool.config import CERTPROV_PATH, WEBTICKET_PATH, PoolConfig
 from tools.pool.dhcp import UcOptions, inform_handler
 from tools.pool.provlog import ProvisioningLog, RequestLog
+from tools.pool.registrar import Registrar
 from tools.pool.sntp import sntp_handler
 from tools.pool.store import open_store
 from tools.pool.store.contract import Store, User
@@ -71,6 +72,7 @@ class NodePorts:
     sntp: int
     http: int
     https: int
+    sip: int
 
 
 class PoolNode:
@@ -140,6 +142,18 @@ class PoolNode:
             "sntp", (cfg.bind, cfg.ports.sntp), sntp_handler(now, lambda: offset)
         ).start()
         self._parts.append(self.sntp)
+        self.registrar = Registrar(
+            (cfg.bind, cfg.ports.sip),
+            cfg.registrar,
+            lambda: self.certprov_url,
+            self.ca,
+            self.store,
+            cfg.node,
+            now,
+            self.provlog,
+        )
+        self.registrar.unhealthy = cfg.registrar_unhealthy
+        self._parts.append(self.registrar.start())
         log.info("pool node %s up: %s", cfg.node, self.ports)
 
     def stop(self) -> None:
@@ -158,7 +172,7 @@ class PoolNode:
 
     @property
     def ports(self) -> NodePorts:
-        return NodePorts(self.dhcp.port, self.sntp.port, self.http.port, self.https.port)
+        return NodePorts(self.dhcp.port, self.sntp.port, self.http.port, self.https.port, self.registrar.port)
 
     @property
     def base_url(self) -> str:

@@ -69,12 +69,15 @@ class WebTicketService:
         except PoolError as exc:
             return self._fault(TicketFaultCode.INTERNAL, exc.detail, username)
         if user is None or stored is None or not verify_pin(password, stored):
-            verify_pin(password, DUMMY_HASH) if stored is None else None  # same cost either way
+            if stored is None:
+                verify_pin(password, DUMMY_HASH)  # an unknown user costs what a wrong password costs
             return self._challenge(username, "unknown user or wrong password")
         if not user.enabled:
             return self._fault(TicketFaultCode.PIN_AUTH_DISABLED, f"{user.sip_uri} is disabled", username)
         if rst.claims_uri is not None and user_key(rst.claims_uri) != user.key:
-            return self._fault(TicketFaultCode.CLAIM_MISMATCH, "claimed SIP URI is not the credential's", username)
+            return self._fault(
+                TicketFaultCode.CLAIM_MISMATCH, "claimed SIP URI is not the credential's", username
+            )
         return self._issue(rst, user.sip_uri, self.now())
 
     def _issue(self, rst: webticket.RstRequest, sip_uri: str, at: datetime) -> Reply:
@@ -102,7 +105,7 @@ class WebTicketService:
 
 def _basic(header: str | None) -> tuple[str, str] | None:
     """(user, password) from ``Authorization: Basic …``, or None for anything else."""
-    if not header or not header[:6].lower() == "basic ":
+    if not header or header[:6].lower() != "basic ":
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
