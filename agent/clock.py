@@ -8,7 +8,9 @@ with an unsynchronised clock.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, replace
 
 from agent.clocks import Clock, OffsetClock
 from agent.net import Resolver, UdpEndpoint
@@ -23,6 +25,7 @@ class TimeConfig:
     timeout_s: float = 1.0
     fallback: tuple[str, ...] = ("time.windows.com",)
     max_offset_s: float = 10 * 365 * 86400.0
+    set_system_clock: bool = False  # a Pi without RTC: boot/ turns this on (needs CAP_SYS_TIME)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class TimeSync:
     offset_s: float
     delay_s: float
     clock: OffsetClock
+    source: str = "option 42"
 
 
 def sync_time(
@@ -38,13 +42,16 @@ def sync_time(
     cfg: TimeConfig,
     clock: Clock,
     resolver: Resolver,
+    srv: Callable[[], list[str]] | None = None,
     endpoint: Callable[[], UdpEndpoint] = UdpEndpoint,
+    set_clock: Callable[[float], None] | None = None,
 ) -> TimeSync:
-    """Ask each candidate in order; the first good SNTP reply sets the phone's clock offset."""
-    candidates = [*servers, *(f for f in cfg.fallback if f not in servers)]
+    """Ask each candidate in order (option 42, else ``_ntp._udp`` SRV, then the fallback); the first good SNTP
+    reply sets the phone's clock offset — or, with ``cfg.set_system_clock`` and privileges, the system clock."""
     errors: list[str] = []
     codes: list[str] = []  # why each server gave no time
-    for name in candidates:
+    candidates = _candidates(servers, cfg, srv, errors)
+    for name, source in candidates.items():
         try:
             address = resolver.resolve(name)
         except OSError as exc:
@@ -54,7 +61,7 @@ def sync_time(
         with endpoint() as ep:
             result = _ask(ep, name, (address, cfg.port), cfg, clock, errors, codes)
         if result is not None:
-            return result
+            return _apply(replace(result, source=source), cfg, clock, set_clock)
     tried = ", ".join(candidates) or "no server"
     last = f" (last: {errors[-1]})" if errors else ""
     # Every server refusing the same way (all Kiss-o'-Death, all unsynchronised) is diagnosed as that.
@@ -62,6 +69,35 @@ def sync_time(
         codes[0] if codes and len(set(codes)) == 1 and codes[0] in ("KOD", "UNSYNCHRONISED") else "NO_ANSWER"
     )
     raise StageError(Stage.TIME, code, f"no usable SNTP answer from {tried}{last}")
+
+
+def _candidates(
+    servers: Sequence[str], cfg: TimeConfig, srv: Callable[[], list[str]] | None, errors: list[str]
+) -> dict[str, str]:
+    """name → where it came from, in the order of protocol.md §4."""
+    found: dict[str, str] = {name: "option 42" for name in servers}
+    if not found and srv is not None:
+        try:
+            found = {name: "DNS SRV _ntp._udp" for name in srv()}
+        except OSError as exc:
+            errors.append(str(exc))
+    for name in cfg.fallback:
+        found.setdefault(name, "fallback")
+    return found
+
+
+def _apply(
+    synced: TimeSync, cfg: TimeConfig, clock: Clock, set_clock: Callable[[float], None] | None
+) -> TimeSync:
+    """Set the system clock when configured and allowed; otherwise the offset stays in ``synced.clock``."""
+    if not cfg.set_system_clock or (set_clock is None and os.geteuid() != 0):
+        return synced
+    (set_clock or _set_system_clock)(clock.now().timestamp() + synced.offset_s)
+    return replace(synced, clock=OffsetClock(clock, 0.0), source=f"{synced.source}, system clock set")
+
+
+def _set_system_clock(unix_seconds: float) -> None:
+    time.clock_settime(time.CLOCK_REALTIME, unix_seconds)
 
 
 def _ask(

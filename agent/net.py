@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from agent.dns import Dns
 from agent.stages import Stage, StageError
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -28,9 +29,11 @@ MAX_BODY_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Resolver:
-    """Static hosts first (like /etc/hosts on the device image), then the system resolver."""
+    """Static hosts first (like /etc/hosts on the device image), then the DHCP-given DNS servers, then the
+    system resolver."""
 
     hosts: Mapping[str, str] = field(default_factory=dict)
+    dns: Dns | None = None
 
     def resolve(self, name: str) -> str:
         key = name.rstrip(".").lower()
@@ -41,6 +44,11 @@ class Resolver:
             return key
         except ValueError:
             pass
+        if self.dns is not None:
+            found = self.dns.address(key)
+            if found is None:
+                raise OSError(f"cannot resolve {name}: no A record at {', '.join(self.dns.nameservers)}")
+            return found
         try:
             infos = socket.getaddrinfo(key, None, socket.AF_INET, socket.SOCK_STREAM)
         except OSError as exc:
@@ -130,7 +138,12 @@ class PhoneHttp:
         self._session.trust_env = False  # a phone has no proxy settings from a login shell
         self.set_trust(trust)
 
+    def set_resolver(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self.set_trust(self._trust)
+
     def set_trust(self, trust: HttpsTrust | None) -> None:
+        self._trust = trust
         context = trust.context() if trust else None
         adapter = _ResolvingAdapter(self.resolver, context, trust.leaf_sha256 if trust else None)
         self._session.mount("http://", adapter)

@@ -20,6 +20,7 @@ from agent.clock import TimeConfig, TimeSync, sync_time
 from agent.clocks import Clock
 from agent.diagnosis import Diagnosis
 from agent.discovery import Discovery, DiscoveryConfig, discover
+from agent.dns import Dns, ntp_srv
 from agent.net import PhoneHttp, Resolver
 from agent.register import RegisterConfig, RegistrarSession, sign_in
 from agent.runner import StageFailed, StageRunner
@@ -142,10 +143,16 @@ class Phone:
                 f"{d.source} ({d.answered_by or 'config'}): {d.certprov_url}; registrar {d.registrar_fqdn}"
             ),
         )
+        if found.dns_servers:  # from here on, names are resolved by the DHCP-given DNS servers
+            dns = Dns(found.dns_servers, cfg.discovery.dns_port, cfg.discovery.dns_timeout_s)
+            self.resolver = Resolver(self.resolver.hosts, dns)
+            http.set_resolver(self.resolver)
         synced = p.time_sync = self.runner.run(
             Stage.TIME,
-            lambda: sync_time(found.ntp_servers, cfg.time, self.clock, self.resolver),
-            lambda t: f"{t.server}: offset {t.offset_s:+.3f} s, delay {t.delay_s * 1000:.1f} ms",
+            lambda: sync_time(
+                found.ntp_servers, cfg.time, self.clock, self.resolver, _ntp_srv(self.resolver, found)
+            ),
+            lambda t: f"{t.server} ({t.source}): offset {t.offset_s:+.3f} s, delay {t.delay_s * 1000:.1f} ms",
         )
         now = synced.clock.now
         trusted = p.trust = self.runner.run(
@@ -173,7 +180,8 @@ class Phone:
                 raise StageError(
                     Stage.REGISTER, "NO_REGISTRAR", "no registrar FQDN (option 120 or configuration)"
                 )
-            rcfg = RegisterConfig(found.registrar_fqdn, cfg.registrar_port, cfg.register_expires_s)
+            port = found.registrar_port or cfg.registrar_port
+            rcfg = RegisterConfig(found.registrar_fqdn, port, cfg.register_expires_s)
             return sign_in(
                 rcfg, self.trust, self.resolver, trusted.intermediates, cert, key, aor, synced.clock
             )
@@ -242,6 +250,14 @@ class Phone:
             ),
             lambda c: f"published to the home pool and returned: serial {c.serial_number:032x}",
         )
+
+
+def _ntp_srv(resolver: Resolver, found: Discovery) -> Callable[[], list[str]] | None:
+    """No option 42: ``_ntp._udp.<domain>`` via the DHCP-given DNS (protocol.md §4)."""
+    if resolver.dns is None or not found.domain:
+        return None
+    dns, domain = resolver.dns, found.domain
+    return lambda: ntp_srv(dns, domain)
 
 
 def _describe_chain(t: TrustResult) -> str:

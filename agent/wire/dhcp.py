@@ -21,14 +21,19 @@ from agent.wire.dhcpopts import (
     decode_ip_list,
     decode_option43,
     decode_option120,
+    decode_vlan_option43,
     encode_ip_list,
     encode_option43,
     encode_option120,
+    encode_vlan_option43,
     wire_error,
 )
 
 __all__ = [
     "BOOTP_MIN_SIZE",
+    "VLAN_VENDOR_CLASS",
+    "decode_vlan_option43",
+    "encode_vlan_option43",
     "DEFAULT_PARAMS",
     "MAGIC_COOKIE",
     "VENDOR_CLASS",
@@ -67,6 +72,7 @@ class MessageType(IntEnum):
 
 
 VENDOR_CLASS = b"MS-UC-Client"
+VLAN_VENDOR_CLASS = b"CPE-OCPHONE"  # the second INFORM: asks for the voice VLAN (option 43 sub-option 10)
 DEFAULT_PARAMS = (1, 3, 6, 15, 42, 43, 120, 2)
 MAGIC_COOKIE = b"\x63\x82\x53\x63"
 BOOTP_MIN_SIZE = 300  # RFC 1542 §2.1: relays and old servers drop shorter BOOTP messages

@@ -153,6 +153,28 @@ def decode_option43(data: bytes) -> UcVendorInfo | None:
 # --- option 120 ----------------------------------------------------------------------------------------
 
 
+VLAN_SUBOPTION = 10
+
+
+def encode_vlan_option43(vlan: int) -> bytes:
+    """Option 43 for vendor class CPE-OCPHONE: sub-option 10 = voice VLAN, 2 bytes big-endian [ours]."""
+    if not 1 <= vlan <= 4094:
+        raise ValueError(f"VLAN {vlan} outside 1..4094")
+    return bytes([VLAN_SUBOPTION, 2]) + vlan.to_bytes(2, "big")
+
+
+def decode_vlan_option43(data: bytes) -> int | None:
+    """The voice VLAN from a CPE-OCPHONE answer's option 43 (sub-option 10), None when absent."""
+    value = _suboptions(data).get(VLAN_SUBOPTION)
+    if value is None:
+        return None
+    if len(value) != 2 or not 1 <= int.from_bytes(value, "big") <= 4094:
+        raise wire_error(
+            f"option 43 sub-option 10 (VLAN) must be 2 bytes 1..4094, got {value.hex() or 'empty'}"
+        )
+    return int.from_bytes(value, "big")
+
+
 def _encode_name(name: str) -> bytes:
     labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
     out = bytearray()
