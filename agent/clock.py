@@ -7,9 +7,9 @@ with an unsynchronised clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from agent.clocks import Clock, OffsetClock
