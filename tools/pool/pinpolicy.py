@@ -207,3 +207,22 @@ def _check_pin(
     user, record = _pick(matches, username)
     store.reset_local_failures(user.sip_uri)
     return user, record
+
+
+def check_password(store: Store, policy: PinPolicy, user: User, password: str, at: datetime) -> None:
+    """The Basic credential path: the same per-user lockout as PINs (a password guesser must not get
+    around PIN lockout by taking the other door). Raises PinAuthError PIN_LOCKED or PIN_INVALID."""
+    with _serialised([user]):
+        record = store.pin_record(user.sip_uri)
+        if record is not None and record.is_locked(at):
+            raise PinAuthError(TicketFaultCode.PIN_LOCKED, f"sign-in is locked for {user.sip_uri}")
+        stored = store.password_hash(user.sip_uri)
+        if stored is None or not verify_pin(password, stored):
+            if stored is None:
+                verify_pin(password, DUMMY_HASH)  # same cost as a wrong password
+            if record is not None:
+                local, global_ = policy.limits(record.pin_length)
+                store.record_pin_failure(user.sip_uri, at, policy.window, local, policy.lock_for, global_)
+            raise PinAuthError(TicketFaultCode.PIN_INVALID, f"wrong or no lab password for {user.sip_uri}")
+        if record is not None:
+            store.reset_local_failures(user.sip_uri)

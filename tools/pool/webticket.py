@@ -13,7 +13,7 @@ from agent.stages import Stage, WireError
 from agent.wire import webticket
 from agent.wire.ticketfault import TicketFaultCode
 from tools.pool.errors import PoolError
-from tools.pool.pinpolicy import DUMMY_HASH, PinAuthError, PinPolicy, authenticate, verify_pin
+from tools.pool.pinpolicy import DUMMY_HASH, PinAuthError, PinPolicy, authenticate, check_password, verify_pin
 from tools.pool.provlog import ProvisioningLog, ProvRecord
 from tools.pool.reply import Reply
 from tools.pool.store.contract import Store, user_key
@@ -60,25 +60,29 @@ class WebTicketService:
         if creds is None:
             return self._challenge("-", "no or malformed Basic credentials")
         username, password = creds
+        at = self.now()
         try:
             rst = webticket.parse_rst(body, require_credentials=False)
             user = self.store.get_user(username)
-            stored = self.store.password_hash(username) if user is not None else None
+            if user is None:
+                verify_pin(password, DUMMY_HASH)  # an unknown user costs what a wrong password costs
+                return self._challenge(username, "unknown user")
+            check_password(self.store, self.policy, user, password, at)
         except WireError as exc:
             return self._fault(TicketFaultCode.INTERNAL, f"bad request: {exc.detail}", username)
+        except PinAuthError as exc:
+            if exc.fault is TicketFaultCode.PIN_LOCKED:
+                return self._fault(exc.fault, exc.detail, username)
+            return self._challenge(username, exc.detail)
         except PoolError as exc:
             return self._fault(TicketFaultCode.INTERNAL, exc.detail, username)
-        if user is None or stored is None or not verify_pin(password, stored):
-            if stored is None:
-                verify_pin(password, DUMMY_HASH)  # an unknown user costs what a wrong password costs
-            return self._challenge(username, "unknown user or wrong password")
         if not user.enabled:
             return self._fault(TicketFaultCode.PIN_AUTH_DISABLED, f"{user.sip_uri} is disabled", username)
         if rst.claims_uri is not None and user_key(rst.claims_uri) != user.key:
             return self._fault(
                 TicketFaultCode.CLAIM_MISMATCH, "claimed SIP URI is not the credential's", username
             )
-        return self._issue(rst, user.sip_uri, self.now())
+        return self._issue(rst, user.sip_uri, at)
 
     def _issue(self, rst: webticket.RstRequest, sip_uri: str, at: datetime) -> Reply:
         server_entropy = secrets.token_bytes(32)
