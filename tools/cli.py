@@ -62,6 +62,25 @@ def _build() -> argparse.ArgumentParser:
     lst.add_argument("--roots-dir", type=Path, default=certs.ROOTS_DIR)
     lst.add_argument("--json", action="store_true")
 
+    disc = sub.add_parser(
+        "discover",
+        help="what a phone on this port would learn from DHCP (and DNS)",
+        description="Send the phone's DHCPINFORM (vendor class MS-UC-Client) and show the CertProv URL, registrar, "
+        "time servers, domain and VLAN, and where each came from. Exit 1 with the DHCP_INFORM diagnosis when "
+        "nothing answers.",
+    )
+    where = disc.add_mutually_exclusive_group(required=True)
+    where.add_argument("--interface", help="broadcast from port 68 on this interface (needs root)")
+    where.add_argument("--server", help="ask this DHCP server directly: ADDR[:PORT]")
+    disc.add_argument(
+        "--vlan", action="store_true", help="also send the CPE-OCPHONE INFORM for the voice VLAN"
+    )
+    disc.add_argument("--tries", type=int, default=3, help="INFORMs to send (default 3)")
+    disc.add_argument(
+        "--interval", type=float, default=4.0, help="first wait in seconds, doubling (default 4)"
+    )
+    disc.add_argument("--json", action="store_true")
+
     ca = sub.add_parser(
         "test-clientauth",
         help="like Test-CsClientAuth: credential → ticket → certificate → REGISTER",
@@ -107,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _certs(args)
         if args.command == "test-clientauth":
             return _client_auth(args)
+        if args.command == "discover":
+            return _discover(args)
         return _pool(args)
     except PoolError as exc:
         print(f"phoneprov: error: {exc.detail}", file=sys.stderr)
@@ -157,6 +178,49 @@ def _client_auth(args: argparse.Namespace) -> int:
         d = result.diagnosis
         print(f"{'Diagnosis':<11}: {f'{d.stage} {d.code}: {d.problem} Remedy: {d.remedy}' if d else ''}")
     return 0 if result.ok else 1
+
+
+def _discover(args: argparse.Namespace) -> int:
+    import random
+    from ipaddress import IPv4Address
+
+    from agent.clocks import SystemClock
+    from agent.diagnosis import diagnose
+    from agent.discovery import DiscoveryConfig, discover
+    from agent.stages import AgentError
+
+    if not 1 <= args.tries <= 10 or not 0.1 <= args.interval <= 64:
+        raise ValueError("--tries must be 1..10 and --interval 0.1..64 seconds")
+    if args.interface:
+        cfg = DiscoveryConfig(
+            interface=args.interface, tries=args.tries, interval_s=args.interval, vlan=args.vlan
+        )
+    else:
+        host, _, port = args.server.partition(":")
+        address = str(IPv4Address(host))  # a clear ValueError for anything else
+        cfg = DiscoveryConfig(
+            ciaddr=IPv4Address("127.0.0.1") if address.startswith("127.") else None,
+            server=(address, int(port) if port else 67),
+            bind=("0.0.0.0", 0),
+            tries=args.tries,
+            interval_s=args.interval,
+            vlan=args.vlan,
+        )
+    try:
+        found = discover(cfg, SystemClock(), lambda: random.getrandbits(32))
+    except AgentError as exc:
+        d = diagnose(exc)
+        failed = {"result": "failed", "diagnosis": d.as_dict(), "detail": exc.detail}
+        text = f"{d.stage} {d.code}: {exc.detail}\nremedy: {d.remedy}"
+        print(json.dumps(failed, indent=2) if args.json else text)
+        return 1
+    doc = report.discovery_document(found)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for key, value in doc["found"].items():
+            print(f"{key:<13} {value if value not in (None, []) else '-':<60} {doc['sources'].get(key, '')}")
+    return 0
 
 
 def _name_addr(item: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from cryptography import x509
 
+from agent.discovery import Discovery
 from agent.stages import StageResult
 from tools.demo import Attempt, DemoOutcome
 from tools.pool.ca import thumbprint
@@ -71,6 +72,31 @@ def demo_document(outcome: DemoOutcome) -> dict[str, Any]:
         doc["diagnosis_correct"] = outcome.diagnosis_correct
         doc["recovery"] = attempt_document(outcome.attempts[-1])
     return doc
+
+
+def discovery_document(found: Discovery) -> dict[str, Any]:
+    """What `phoneprov discover` prints: each item and where it came from."""
+    return {
+        "result": "ok",
+        "found": {
+            "certprov_url": found.certprov_url,
+            "registrar": found.registrar_fqdn,
+            "registrar_port": found.registrar_port or 5061,
+            "ntp": list(found.ntp_servers),
+            "dns": list(found.dns_servers),
+            "domain": found.domain,
+            "vlan": found.vlan,
+            "answered_by": found.answered_by,
+        },
+        "sources": {
+            "certprov_url": found.sources.get("certprov_url", ""),
+            "registrar": found.sources.get("registrar", ""),
+            "ntp": found.sources.get("ntp", ""),
+            "domain": found.sources.get("domain", ""),
+            "vlan": found.sources.get("vlan", ""),
+            "answered_by": f"{found.informs_sent} INFORM(s) sent",
+        },
+    }
 
 
 def stage_line(r: StageResult) -> str:

@@ -8,6 +8,7 @@ node = "fe1"
 bind = "127.0.0.1"             # web services and SNTP listen here
 advertise = "192.0.2.1"        # the address phones are given (DHCP server id, NTP); default: bind
 dhcp_bind = "0.0.0.0"          # DHCP must listen on all addresses to receive broadcast INFORMs
+dhcp_interface = "eth1"        # optional: serve DHCP on this NIC only (a lab with no other DHCP server)
 state_dir = "/var/lib/phoneprov-pool"
 [ports]                        # 0 = any free port (tests, demo)
 dhcp = 67
@@ -75,6 +76,7 @@ class PoolConfig:
     bind: str = "127.0.0.1"
     advertise: str | None = None
     dhcp_bind: str = "0.0.0.0"
+    dhcp_interface: str | None = None
     ports: Ports = field(default_factory=Ports)
     registrar_fqdn: str | None = None
     ntp_server: str | None = None
@@ -97,6 +99,10 @@ class PoolConfig:
             raise ConfigError(
                 "bind is 0.0.0.0: set advertise to the address phones reach (DHCP option 54/42)"
             )
+        if self.dhcp_interface is not None and (
+            not isinstance(self.dhcp_interface, str) or not self.dhcp_interface
+        ):
+            raise ConfigError(f"dhcp_interface must be an interface name, got {self.dhcp_interface!r}")
         if not isinstance(self.node, str) or not self.node:
             raise ConfigError(f"node must be a non-empty name, got {self.node!r}")
         if not isinstance(self.web_names, tuple) or not all(isinstance(n, str) and n for n in self.web_names):

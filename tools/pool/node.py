@@ -134,7 +134,7 @@ class PoolNode:
         )
         self._parts.append(self.http)
         self.dhcp = UdpResponder(
-            "dhcp", (cfg.dhcp_bind, cfg.ports.dhcp), inform_handler(self._uc_options)
+            "dhcp", (cfg.dhcp_bind, cfg.ports.dhcp), inform_handler(self._uc_options), cfg.dhcp_interface
         ).start()
         self._parts.append(self.dhcp)
         offset = cfg.sntp_offset_s

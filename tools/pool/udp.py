@@ -15,11 +15,19 @@ log = logging.getLogger("phoneprov.pool.udp")
 
 
 class UdpResponder:
-    def __init__(self, name: str, bind: tuple[str, int], handle: Callable[[bytes, tuple[str, int]], Answer]):
+    def __init__(
+        self,
+        name: str,
+        bind: tuple[str, int],
+        handle: Callable[[bytes, tuple[str, int]], Answer],
+        device: str | None = None,
+    ):
         self.name, self.handle = name, handle
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if device:  # a real lab NIC: hear broadcasts there only, answer out of it
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode() + b"\0")
         self.sock.bind(bind)
         self.sock.settimeout(0.2)
         self._stop = threading.Event()
