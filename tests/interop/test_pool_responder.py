@@ -1,0 +1,71 @@
+"""Our own pool's DHCP responder on a real interface: the phone discovers it, and an independent client
+(dhcpcd's INFORM mode) is answered correctly."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from agent.wire import dhcp
+from tests.interop.conftest import need
+from tests.interop.netns import SERVER_IP, NetLab
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def start_pool(lab: NetLab) -> None:
+    cfg = lab.workdir / "pool.toml"
+    cfg.write_text(
+        f'[pool]\nfqdn = "pool.lab.test"\ndomain = "lab.test"\nbind = "{SERVER_IP}"\n'
+        f'dhcp_interface = "{lab.srv_if}"\nstate_dir = "{lab.workdir / "pool"}"\n'
+    )
+    lab.start(lab.srv, [sys.executable, "-m", "tools.cli", "pool", "serve", "--config", str(cfg)],
+              lab.workdir / "pool.log")
+    lab.wait_udp_listener(lab.srv, 67, timeout_s=30)
+
+
+def discover(lab: NetLab, *extra: str) -> tuple[int, dict[str, object]]:
+    done = lab.run(lab.cli, [sys.executable, "-m", "tools.cli", "discover", "--interface", lab.cli_if, "--json",
+                             "--tries", "2", "--interval", "1", *extra])
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_phone_discovers_our_responder_on_an_interface(netlab: NetLab) -> None:
+    start_pool(netlab)
+    code, doc = discover(netlab)
+    assert code == 0, doc
+    found = doc["found"]
+    assert found["certprov_url"] == "https://pool.lab.test:443/CertProv/CertProvisioningService.svc"  # type: ignore[index]
+    assert found["registrar"] == "pool.lab.test" and found["ntp"] == [SERVER_IP]  # type: ignore[index]
+    assert found["domain"] == "lab.test" and found["answered_by"] == SERVER_IP  # type: ignore[index]
+
+
+def test_dhcpcd_inform_is_answered_by_our_responder(netlab: NetLab) -> None:
+    dhcpcd = need("dhcpcd")
+    start_pool(netlab)
+    env_file = netlab.workdir / "dhcpcd.env"
+    script = netlab.workdir / "hook.sh"
+    script.write_text(f"#!/bin/sh\nenv > {env_file}\n")
+    script.chmod(0o755)
+    conf = netlab.workdir / "dhcpcd.conf"
+    conf.write_text(
+        "vendorclassid MS-UC-Client\noption vendor_encapsulated_options, sip_server, ntp_servers\n"
+        "ipv4only\nnoipv4ll\nnodelay\nnoarp\n"
+    )
+    done = netlab.run(netlab.cli, [dhcpcd, "-f", str(conf), "-c", str(script), "-T", "-4", "-t", "10",
+                                   "-s", "192.0.2.50/24", netlab.cli_if], timeout_s=60)
+    assert env_file.exists(), done.stderr[-500:]
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    info = dhcp.decode_option43(bytes.fromhex(env["new_vendor_encapsulated_options"].replace(":", "")))
+    assert info is not None and info.certprov_url.startswith("https://pool.lab.test:443/")
+    assert env.get("new_sip_server", "").rstrip(".") == "pool.lab.test"
+    assert env.get("new_ntp_servers") == SERVER_IP
+
+
+def test_no_answer_is_a_clear_dhcp_inform_diagnosis(netlab: NetLab) -> None:
+    code, doc = discover(netlab)
+    assert code == 1
+    assert doc["diagnosis"]["stage"] == "DHCP_INFORM" and doc["diagnosis"]["code"] == "NO_ANSWER"  # type: ignore[index]
+    assert "2 INFORMs" in str(doc["detail"])
