@@ -62,6 +62,23 @@ def _build() -> argparse.ArgumentParser:
     lst.add_argument("--roots-dir", type=Path, default=certs.ROOTS_DIR)
     lst.add_argument("--json", action="store_true")
 
+    dc = sub.add_parser(
+        "dhcp-config",
+        help="like DHCPUtil: the option 43/120 settings for a real DHCP server",
+        description="Print a ready-to-paste configuration that makes a DHCP server hand Lync-style phones the "
+        "CertProv URL (option 43, vendor class MS-UC-Client), the registrar (option 120) and time (option 42).",
+    )
+    dc.add_argument("--web-fqdn", required=True, help="Web Services (CertProv) FQDN")
+    dc.add_argument("--web-port", type=int, default=443)
+    dc.add_argument("--certprov-path", default="/CertProv/CertProvisioningService.svc")
+    dc.add_argument("--sip-server", required=True, help="registrar / pool FQDN for option 120")
+    dc.add_argument("--ntp", action="append", default=[], help="NTP server address (option 42), repeatable")
+    dc.add_argument(
+        "--format", required=True, choices=("dnsmasq", "dnsmasq-hex", "kea", "isc", "windows", "hex")
+    )
+    dc.add_argument("--subnet", help="Kea/ISC: the subnet the phones are on, e.g. 192.0.2.0/24")
+    dc.add_argument("--interface", help="Kea/dnsmasq: the interface to serve")
+
     disc = sub.add_parser(
         "discover",
         help="what a phone on this port would learn from DHCP (and DNS)",
@@ -128,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _client_auth(args)
         if args.command == "discover":
             return _discover(args)
+        if args.command == "dhcp-config":
+            return _dhcp_config(args)
         return _pool(args)
     except PoolError as exc:
         print(f"phoneprov: error: {exc.detail}", file=sys.stderr)
@@ -178,6 +197,22 @@ def _client_auth(args: argparse.Namespace) -> int:
         d = result.diagnosis
         print(f"{'Diagnosis':<11}: {f'{d.stage} {d.code}: {d.problem} Remedy: {d.remedy}' if d else ''}")
     return 0 if result.ok else 1
+
+
+def _dhcp_config(args: argparse.Namespace) -> int:
+    from tools.dhcpconfig import UcDhcpSettings, render
+
+    settings = UcDhcpSettings(
+        web_fqdn=args.web_fqdn,
+        sip_server=args.sip_server,
+        web_port=args.web_port,
+        certprov_path=args.certprov_path,
+        ntp=tuple(args.ntp),
+        subnet=args.subnet,
+        interface=args.interface,
+    )
+    sys.stdout.write(render(settings, args.format))
+    return 0
 
 
 def _discover(args: argparse.Namespace) -> int:

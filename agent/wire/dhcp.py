@@ -72,7 +72,9 @@ class MessageType(IntEnum):
 
 
 VENDOR_CLASS = b"MS-UC-Client"
-VLAN_VENDOR_CLASS = b"CPE-OCPHONE"  # the second INFORM: asks for the voice VLAN (option 43 sub-option 10)
+VLAN_VENDOR_CLASS = b"CPE-OCPHONE"
+OPT_MAX_MESSAGE_SIZE = 57
+MAX_MESSAGE_SIZE = 1500  # the second INFORM: asks for the voice VLAN (option 43 sub-option 10)
 DEFAULT_PARAMS = (1, 3, 6, 15, 42, 43, 120, 2)
 MAGIC_COOKIE = b"\x63\x82\x53\x63"
 BOOTP_MIN_SIZE = 300  # RFC 1542 §2.1: relays and old servers drop shorter BOOTP messages
@@ -272,12 +274,17 @@ def build_inform(
     params: Sequence[int] = DEFAULT_PARAMS,
     client_id: bytes | None = None,
 ) -> DhcpMessage:
-    """The phone's DHCPINFORM (protocol.md §3): 53=8, 60, 55 and optionally 61; ``chaddr`` is the MAC."""
+    """The phone's DHCPINFORM (protocol.md §3): 53=8, 57, 60, 55 and optionally 61; ``chaddr`` is the MAC.
+
+    Option 57 (maximum message size 1500) matters: without it dnsmasq and ISC dhcpd silently drop option 43
+    once the reply would pass 576 bytes, instead of splitting it (RFC 3396) as they do with it.
+    """
     if not 1 <= len(chaddr) <= 16:
         raise ValueError(f"chaddr must be 1-16 bytes, got {len(chaddr)}")
     if not params or not all(0 < p < END for p in params):
         raise ValueError(f"parameter request list {tuple(params)} must be codes 1-254")
     options: tuple[Option, ...] = ((OPT_MESSAGE_TYPE, bytes((MessageType.INFORM,))),)
+    options = with_option(options, OPT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE.to_bytes(2, "big"))
     options = with_option(options, OPT_VENDOR_CLASS, vendor_class)
     options = with_option(options, OPT_PARAMS, bytes(params))
     if client_id is not None:

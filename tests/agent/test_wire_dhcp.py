@@ -318,7 +318,12 @@ def test_build_inform_bytes() -> None:
     assert raw[:12] == bytes.fromhex("01010600e4e6056900000000")
     assert raw[12:16] == IPv4Address("192.0.2.50").packed and raw[28:44] == mac + bytes(10)
     assert raw[240:] == (
-        b"\x35\x01\x08" + b"\x3c\x0cMS-UC-Client" + b"\x37\x08" + bytes(dhcp.DEFAULT_PARAMS) + b"\xff"
+        b"\x35\x01\x08"
+        + b"\x39\x02\x05\xdc"
+        + b"\x3c\x0cMS-UC-Client"
+        + b"\x37\x08"
+        + bytes(dhcp.DEFAULT_PARAMS)
+        + b"\xff"
     ).ljust(60, b"\x00")
     assert dhcp.is_uc_inform(dhcp.decode(raw))
     with_id = dhcp.build_inform(1, "192.0.2.50", mac, client_id=b"\x01" + mac)

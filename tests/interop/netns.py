@@ -3,6 +3,7 @@ and always torn down. All traffic stays on the pair (192.0.2.0/24, a documentati
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -69,17 +70,23 @@ class NetLab:
             _ip("-n", ns, "link", "set", "lo", "up")
         return self
 
-    def start(self, ns: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, ns: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """A long-running process inside ``ns`` (a server); stopped by :meth:`down`."""
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT,
+                ["ip", "netns", "exec", ns, *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
             )
         self.procs.append(proc)
         return proc
 
-    def run(self, ns: str, argv: Sequence[str], timeout_s: float = 60, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    def run(
+        self, ns: str, argv: Sequence[str], timeout_s: float = 60, stdin: str = ""
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout_s, input=stdin
         )
@@ -105,12 +112,12 @@ class NetLab:
                 proc.kill()
                 proc.wait(timeout=5)
         for ns in (self.srv, self.cli):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
+            pids = subprocess.run(
+                ["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10
+            ).stdout
             for pid in pids.split():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 

@@ -21,14 +21,32 @@ def start_pool(lab: NetLab) -> None:
         f'[pool]\nfqdn = "pool.lab.test"\ndomain = "lab.test"\nbind = "{SERVER_IP}"\n'
         f'dhcp_interface = "{lab.srv_if}"\nstate_dir = "{lab.workdir / "pool"}"\n'
     )
-    lab.start(lab.srv, [sys.executable, "-m", "tools.cli", "pool", "serve", "--config", str(cfg)],
-              lab.workdir / "pool.log")
+    lab.start(
+        lab.srv,
+        [sys.executable, "-m", "tools.cli", "pool", "serve", "--config", str(cfg)],
+        lab.workdir / "pool.log",
+    )
     lab.wait_udp_listener(lab.srv, 67, timeout_s=30)
 
 
 def discover(lab: NetLab, *extra: str) -> tuple[int, dict[str, object]]:
-    done = lab.run(lab.cli, [sys.executable, "-m", "tools.cli", "discover", "--interface", lab.cli_if, "--json",
-                             "--tries", "2", "--interval", "1", *extra])
+    done = lab.run(
+        lab.cli,
+        [
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "discover",
+            "--interface",
+            lab.cli_if,
+            "--json",
+            "--tries",
+            "2",
+            "--interval",
+            "1",
+            *extra,
+        ],
+    )
     return done.returncode, json.loads(done.stdout)
 
 
@@ -54,8 +72,24 @@ def test_dhcpcd_inform_is_answered_by_our_responder(netlab: NetLab) -> None:
         "vendorclassid MS-UC-Client\noption vendor_encapsulated_options, sip_server, ntp_servers\n"
         "ipv4only\nnoipv4ll\nnodelay\nnoarp\n"
     )
-    done = netlab.run(netlab.cli, [dhcpcd, "-f", str(conf), "-c", str(script), "-T", "-4", "-t", "10",
-                                   "-s", "192.0.2.50/24", netlab.cli_if], timeout_s=60)
+    done = netlab.run(
+        netlab.cli,
+        [
+            dhcpcd,
+            "-f",
+            str(conf),
+            "-c",
+            str(script),
+            "-T",
+            "-4",
+            "-t",
+            "10",
+            "-s",
+            "192.0.2.50/24",
+            netlab.cli_if,
+        ],
+        timeout_s=60,
+    )
     assert env_file.exists(), done.stderr[-500:]
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
     info = dhcp.decode_option43(bytes.fromhex(env["new_vendor_encapsulated_options"].replace(":", "")))
