@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 def start_pool(lab: NetLab) -> None:
     cfg = lab.workdir / "pool.toml"
     cfg.write_text(
-        f'[pool]\nfqdn = "pool.lab.test"\ndomain = "lab.test"\nbind = "{SERVER_IP}"\n'
+        f'[pool]\nfqdn = "pool.lab.test"\ndomain = "lab.test"\nbind = "{SERVER_IP}"\nvoice_vlan = 222\n'
         f'dhcp_interface = "{lab.srv_if}"\nstate_dir = "{lab.workdir / "pool"}"\n'
     )
     lab.start(
@@ -58,6 +58,15 @@ def test_phone_discovers_our_responder_on_an_interface(netlab: NetLab) -> None:
     assert found["certprov_url"] == "https://pool.lab.test:443/CertProv/CertProvisioningService.svc"  # type: ignore[index]
     assert found["registrar"] == "pool.lab.test" and found["ntp"] == [SERVER_IP]  # type: ignore[index]
     assert found["domain"] == "lab.test" and found["answered_by"] == SERVER_IP  # type: ignore[index]
+    assert found["vlan"] is None  # not asked
+
+
+def test_voice_vlan_from_the_cpe_ocphone_inform(netlab: NetLab) -> None:
+    start_pool(netlab)
+    code, doc = discover(netlab, "--vlan")
+    assert code == 0, doc
+    assert doc["found"]["vlan"] == 222  # type: ignore[index]
+    assert "CPE-OCPHONE" in doc["sources"]["vlan"]  # type: ignore[index]
 
 
 def test_dhcpcd_inform_is_answered_by_our_responder(netlab: NetLab) -> None:

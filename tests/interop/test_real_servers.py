@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,32 @@ def test_missing_option_120_falls_back_to_dns_srv(netlab: NetLab) -> None:
     assert_found(doc, registrar="sippool.uclab.test")
     assert doc["found"]["registrar_port"] == 5062  # type: ignore[index]
     assert doc["sources"]["registrar"] == "DNS SRV _sipinternaltls._tcp.uclab.test"  # type: ignore[index]
+
+
+def test_lease_the_os_holds_is_used_when_inform_goes_unanswered(netlab: NetLab) -> None:
+    """dhcpcd takes a real lease from dnsmasq; the server goes away; the phone reads dhcpcd's lease file."""
+    dhcpcd = need("dhcpcd")
+    start_dnsmasq(netlab, dnsmasq_base(netlab) + dhcp_config("dnsmasq"))
+    lease = Path("/var/lib/dhcpcd") / f"{netlab.cli_if}.lease"
+    conf = netlab.workdir / "dhcpcd.conf"
+    conf.write_text(
+        "vendorclassid MS-UC-Client\noption vendor_encapsulated_options, sip_server, ntp_servers\n"
+        "ipv4only\nnoipv4ll\nnodelay\nnoarp\n"
+    )
+    hook = netlab.workdir / "hook.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    try:
+        got = netlab.run(
+            netlab.cli, [dhcpcd, "-f", str(conf), "-c", str(hook), "-1", "-4", "-t", "10", netlab.cli_if]
+        )
+        assert lease.exists(), got.stderr[-300:]
+        for proc in netlab.procs:  # the DHCP server goes away
+            proc.terminate()
+            proc.wait(5)
+        code, doc = discover(netlab)
+        assert code == 0, doc
+        assert_found(doc)
+        assert doc["sources"]["certprov_url"] == f"lease {lease}, option 43"  # type: ignore[index]
+    finally:
+        lease.unlink(missing_ok=True)

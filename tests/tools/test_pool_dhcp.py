@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 from agent.wire import dhcp
@@ -67,3 +68,14 @@ def test_discover_and_replies_are_ignored() -> None:
 def test_garbage_is_ignored() -> None:
     for junk in (b"", b"\x01", bytes(300), b"\x01\x01\x06\x00" + bytes(232) + b"\x63\x82\x53\x63\x35\xff"):
         assert HANDLE(junk, ("192.0.2.50", 68)) is None
+
+
+def test_cpe_ocphone_inform_gets_the_voice_vlan_only_when_configured() -> None:
+    request = inform(vendor_class=dhcp.VLAN_VENDOR_CLASS, params=(43,))
+    assert HANDLE(request, ("192.0.2.50", 68)) is None
+    with_vlan = inform_handler(lambda: replace(UC, voice_vlan=222))
+    answer = with_vlan(request, ("192.0.2.50", 68))
+    assert answer is not None
+    ack = dhcp.decode(answer[0])
+    assert dhcp.decode_vlan_option43(ack.option(43) or b"") == 222
+    assert ack.option(120) is None  # the VLAN answer carries nothing else

@@ -9,6 +9,7 @@ bind = "127.0.0.1"             # web services and SNTP listen here
 advertise = "192.0.2.1"        # the address phones are given (DHCP server id, NTP); default: bind
 dhcp_bind = "0.0.0.0"          # DHCP must listen on all addresses to receive broadcast INFORMs
 dhcp_interface = "eth1"        # optional: serve DHCP on this NIC only (a lab with no other DHCP server)
+voice_vlan = 100               # optional: answer the phones' CPE-OCPHONE INFORM with this VLAN
 state_dir = "/var/lib/phoneprov-pool"
 [ports]                        # 0 = any free port (tests, demo)
 dhcp = 67
@@ -77,6 +78,7 @@ class PoolConfig:
     advertise: str | None = None
     dhcp_bind: str = "0.0.0.0"
     dhcp_interface: str | None = None
+    voice_vlan: int | None = None
     ports: Ports = field(default_factory=Ports)
     registrar_fqdn: str | None = None
     ntp_server: str | None = None
@@ -103,6 +105,12 @@ class PoolConfig:
             not isinstance(self.dhcp_interface, str) or not self.dhcp_interface
         ):
             raise ConfigError(f"dhcp_interface must be an interface name, got {self.dhcp_interface!r}")
+        if self.voice_vlan is not None and (
+            not isinstance(self.voice_vlan, int)
+            or isinstance(self.voice_vlan, bool)
+            or not 1 <= self.voice_vlan <= 4094
+        ):
+            raise ConfigError(f"voice_vlan must be 1..4094, got {self.voice_vlan!r}")
         if not isinstance(self.node, str) or not self.node:
             raise ConfigError(f"node must be a non-empty name, got {self.node!r}")
         if not isinstance(self.web_names, tuple) or not all(isinstance(n, str) and n for n in self.web_names):

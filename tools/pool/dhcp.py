@@ -1,6 +1,7 @@
 """The pool's DHCP responder: answers only DHCPINFORMs with vendor class ``MS-UC-Client`` that ask for option 43
-(protocol.md §3), with a DHCPACK carrying options 43, 120, 42 and 15. Everything else is ignored, as Lync's
-DHCP Server does.
+(protocol.md §3), with a DHCPACK carrying options 43, 120, 42 and 15 — and, when a voice VLAN is configured,
+INFORMs with vendor class ``CPE-OCPHONE`` with sub-option 10. Everything else is ignored, as Lync's DHCP Server
+does.
 
 The ACK goes to ``ciaddr``:68 (RFC 2131 §4.3.5). A client not on port 68 (a test phone on loopback without
 privileges) is answered at its source address and port instead.
@@ -31,6 +32,7 @@ class UcOptions:
     ntp_server: IPv4Address | None
     domain: str | None
     server_id: IPv4Address
+    voice_vlan: int | None = None
 
     def options(self) -> list[tuple[int, bytes]]:
         info = dhcp.UcVendorInfo("MS-UC-Client", "https", self.web_fqdn, str(self.web_port), CERTPROV_PATH)
@@ -57,10 +59,15 @@ def inform_handler(
         except WireError as exc:
             log.info("DHCP: malformed packet from %s: %s", source[0], exc.detail)
             return None
-        if msg.op != 1 or not dhcp.is_uc_inform(msg):
+        if msg.op != 1:
             return None
         uc = current()
-        ack = dhcp.build_inform_ack(msg, uc.options(), uc.server_id)
+        if dhcp.is_uc_inform(msg):
+            ack = dhcp.build_inform_ack(msg, uc.options(), uc.server_id)
+        elif _is_vlan_inform(msg) and uc.voice_vlan is not None:
+            ack = dhcp.build_inform_ack(msg, [(43, dhcp.encode_vlan_option43(uc.voice_vlan))], uc.server_id)
+        else:
+            return None
         if source[1] == CLIENT_PORT and msg.ciaddr != IPv4Address("0.0.0.0"):
             dest = (str(msg.ciaddr), CLIENT_PORT)
         else:
@@ -68,3 +75,13 @@ def inform_handler(
         return dhcp.encode(ack), dest
 
     return handle
+
+
+def _is_vlan_inform(msg: dhcp.DhcpMessage) -> bool:
+    """The phone's second INFORM: vendor class CPE-OCPHONE asking for option 43 (the voice VLAN)."""
+    params = msg.option(55) or b""
+    return (
+        msg.message_type is dhcp.MessageType.INFORM
+        and msg.option(60) == dhcp.VLAN_VENDOR_CLASS
+        and 43 in params
+    )

@@ -199,7 +199,15 @@ class PoolNode:
     def _uc_options(self) -> UcOptions:
         server = IPv4Address(self.cfg.address)
         ntp = IPv4Address(self.cfg.ntp_server) if self.cfg.ntp_server else server
-        return UcOptions(self.cfg.fqdn, self.https.port, self.cfg.registrar, ntp, self.cfg.domain, server)
+        return UcOptions(
+            self.cfg.fqdn,
+            self.https.port,
+            self.cfg.registrar,
+            ntp,
+            self.cfg.domain,
+            server,
+            self.cfg.voice_vlan,
+        )
 
     def _rootchain(self) -> bytes:
         """The issuing CA and root, or — with the incomplete-chain fault — the root alone."""

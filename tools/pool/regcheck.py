@@ -2,8 +2,9 @@
 
 Order matters for the diagnosis: the chain first (4101 CertUnknown, or 4102 CertExpired when a path exists
 and only the dates are wrong), then the name (4103 AorMismatch: the certificate is some other user's), then
-the data store (4101 when it is not published for that user or is revoked, 4104 when the store cannot be
-read). Checking the name before the store makes "Bob's certificate, Alice's From" a 4103, not a 4101.
+the data store (4101 when it is not published for that user or any of its rows is revoked, 4104 when the
+store cannot be read). Checking the name before the store makes "Bob's certificate, Alice's From" a 4103,
+not a 4101. The registrar runs this at the handshake and again on every signed REGISTER.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from agent.stages import AgentError, one_line
 from agent.truststore import TrustStore
 from agent.wire.regmsg import aor_key
 from tools.pool.errors import PoolError, StoreUnavailable
-from tools.pool.regcore import AOR_MISMATCH, CERT_EXPIRED, CERT_UNKNOWN, DATA_STORE_UNAVAILABLE, ClientCheck
+from tools.pool.regtypes import AOR_MISMATCH, CERT_EXPIRED, CERT_UNKNOWN, DATA_STORE_UNAVAILABLE, ClientCheck
 from tools.pool.store.contract import PublishedCert, thumbprint_key
 
 __all__ = ["CertificateSource", "certificate_aors", "client_checker"]
@@ -47,7 +48,7 @@ def certificate_aors(cert: x509.Certificate) -> set[str]:
 def client_checker(
     root: x509.Certificate, intermediates: Sequence[x509.Certificate], store: CertificateSource
 ) -> ClientCheck:
-    """A :data:`~tools.pool.regcore.ClientCheck` against the pool CA and the store (never raises)."""
+    """A :data:`~tools.pool.regtypes.ClientCheck` against the pool CA and the store (never raises)."""
     trust = TrustStore([root])
     known = tuple(intermediates)
 
@@ -75,7 +76,7 @@ def client_checker(
             return CERT_UNKNOWN, f"CertUnknown: {one_line(exc.detail, 120)}"
         if not published:
             return CERT_UNKNOWN, f"CertUnknown: certificate {thumb} is not published for {aor}"
-        if all(c.revoked for c in published):
+        if any(c.revoked for c in published):  # one revoked row revokes the certificate
             return CERT_UNKNOWN, f"CertUnknown: certificate {thumb} of {aor} is revoked"
         return None
 

@@ -13,7 +13,13 @@ Decisions of ours where §8 is silent:
   accepted messages). Certificate refusals (§8.3) are ``403`` + ``ms-diagnostics`` and drop the handshake.
 - The SA lives ``min(client cert expiry, 8 h)``; the phone redoes B–D 5 min earlier (see regflow).
 - An SA is bound to the From AOR the certificate was judged for; a signed REGISTER whose From or To names
-  another AOR is ``403`` 4103. ``Expires: 0`` unbinds the Contact; other values are clamped to the policy.
+  another AOR is ``403`` 4103. Every signed REGISTER re-runs the certificate check (store: published, not
+  revoked), so a revocation takes effect at the next refresh, not at the next handshake.
+- After D every answer is signed (§8.4): 200, and 400/403/405/503 when the request names an SA of this
+  connection (a 401 challenge never is). A 403 under an SA ends that SA (§8.3).
+- Only the signed ``Expires`` header counts (``agent.wire.regmsg.signed_expiry``): a Contact ``expires``
+  parameter that contradicts it is a ``400`` (and close), the 200 states the grant in the header only.
+  ``Expires: 0`` unbinds the Contact; other values are clamped to the policy.
 """
 
 from __future__ import annotations
@@ -29,8 +35,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.stages import StageError, WireError, one_line
-from agent.wire.regmsg import REALM, VERSION, add_auth_header, aor_key, credentials, signed_fields
-from agent.wire.sip import SipMessage, build_response, expires, parse_name_addr
+from agent.wire.regmsg import (
+    REALM,
+    VERSION,
+    add_auth_header,
+    aor_key,
+    credentials,
+    signed_expiry,
+    signed_fields,
+)
+from agent.wire.sip import SipMessage, build_response, parse_name_addr
 from agent.wire.sipauth import format_auth_params, format_ms_diagnostics
 from agent.wire.sipsig import SCHEME, SecurityAssociation
 from agent.wire.tlsdsk import TlsDskError, TlsDskServer, gssapi_decode, gssapi_encode
@@ -82,9 +96,12 @@ class _Handshake:
 
 @dataclass
 class _Sa:
+    """An established SA, the AOR key it authenticated and the chain judged for it (re-judged per refresh)."""
+
     sa: SecurityAssociation
     aor: str
     thumbprint: str
+    chain: tuple[x509.Certificate, ...]
 
 
 @dataclass
@@ -164,10 +181,28 @@ class RegistrarConnection:
             return self._bad_request(request, aor, exc.detail)
 
     def refuse(self, request: SipMessage, code: int, reason: str) -> SipMessage:
-        """A 403 with ms-diagnostics for ``request``, signed under its SA when it names one; for the I/O
-        layer when the store refuses the binding this core granted."""
+        """A 403 with ms-diagnostics for ``request``, signed under the SA it names (which it ends); for the
+        I/O layer when the store refuses the binding this core granted."""
+        held = self._sa_of(request)
         diag = format_ms_diagnostics(code, reason)
-        return self._respond(request, 403, "Forbidden", [("ms-diagnostics", diag)], self._sa_of(request))
+        msg = self._respond(request, 403, "Forbidden", [("ms-diagnostics", diag)], held)
+        self._drop(held)
+        return msg
+
+    def answer(
+        self, request: SipMessage, status: int, reason: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> SipMessage | None:
+        """A response signed under the SA ``request`` names (unsigned when it names none); None when the
+        request is too broken to answer. For the I/O layer's own answers (503 when unhealthy)."""
+        held = self._sa_of(request)
+        try:
+            return self._respond(request, status, reason, extra, held)
+        except WireError:
+            pass
+        try:
+            return self._respond(request, status, reason, extra)
+        except WireError:
+            return None
 
     # -- REGISTER -----------------------------------------------------------------------------------
 
@@ -200,13 +235,16 @@ class RegistrarConnection:
 
     def _checker(self, hs: _Handshake) -> Callable[[list[x509.Certificate]], str | None]:
         def decide(chain: list[x509.Certificate]) -> str | None:
-            try:
-                hs.refusal = self._cfg.verify_client(chain, hs.aor, hs.at)
-            except Exception as exc:  # the check must not raise; if it does, refuse rather than crash
-                hs.refusal = (CERT_UNKNOWN, f"CertUnknown: certificate check failed: {one_line(exc)}")
+            hs.refusal = self._judge(chain, hs.aor, hs.at)
             return None if hs.refusal is None else f"{hs.refusal[0]} {hs.refusal[1]}"
 
         return decide
+
+    def _judge(self, chain: Sequence[x509.Certificate], aor: str, at: datetime) -> tuple[int, str] | None:
+        try:
+            return self._cfg.verify_client(list(chain), aor, at)
+        except Exception as exc:  # the check must not raise; if it does, refuse rather than crash
+            return CERT_UNKNOWN, f"CertUnknown: certificate check failed: {one_line(exc)}"
 
     def _flight_c(self, request: SipMessage, aor: str, opaque: str, flight: str, now: datetime) -> Handled:
         hs = self._pending.pop(opaque, None)
@@ -221,11 +259,13 @@ class RegistrarConnection:
         except TlsDskError as exc:
             if exc.code != "CLIENT_CERT_REFUSED":
                 raise
-            raise _Refuse(hs.refusal or (CERT_UNKNOWN, "CertUnknown: client certificate refused")) from None
-        leaf = hs.server.client_chain[0]
-        lifetime = self._cfg.sa_lifetime(leaf.not_valid_after_utc, now)
+            why = exc.reason or "client certificate refused"  # e.g. a certificate cryptography cannot parse
+            raise _Refuse(hs.refusal or (CERT_UNKNOWN, f"CertUnknown: {why}")) from None
+        chain = hs.server.client_chain
+        lifetime = self._cfg.sa_lifetime(chain[0].not_valid_after_utc, now)
         sa = SecurityAssociation(hs.server.keys, opaque, "server", now, lifetime)
-        self._sas[opaque] = _Sa(sa, aor_key(hs.aor), leaf.fingerprint(hashes.SHA1()).hex().upper())
+        thumb = chain[0].fingerprint(hashes.SHA1()).hex().upper()
+        self._sas[opaque] = _Sa(sa, aor_key(hs.aor), thumb, chain)
         while len(self._sas) > MAX_SAS:
             self._sas.popitem(last=False)
         return Handled((self._flight_response(request, opaque, out),))
@@ -246,6 +286,9 @@ class RegistrarConnection:
         to_header = request.header("To") or ""
         if aor_key(aor) != held.aor or aor_key(parse_name_addr(to_header).uri) != held.aor:
             raise _Refuse((AOR_MISMATCH, f"AorMismatch: this SA authenticated sip:{held.aor}"), held)
+        refusal = self._judge(held.chain, aor, now)  # revoked or unpublished since the handshake
+        if refusal is not None:
+            raise _Refuse(refusal, held)
         return self._bind(request, held, now)
 
     def _bind(self, request: SipMessage, held: _Sa, now: datetime) -> Handled:
@@ -253,10 +296,10 @@ class RegistrarConnection:
         if len(contacts) != 1 or contacts[0] == "*":
             raise WireError("a REGISTER here binds exactly one Contact (no wildcard)")
         contact = parse_name_addr(contacts[0]).uri
-        granted = self._cfg.policy.grant(expires(request, contact))
+        granted = self._cfg.policy.grant(signed_expiry(request, contact))
         extra = [("Expires", str(granted))]
         if granted:
-            extra.insert(0, ("Contact", f"<{contact}>;expires={granted}"))
+            extra.insert(0, ("Contact", f"<{contact}>"))  # the grant is the signed Expires, not a parameter
         ok = self._respond(request, 200, "OK", extra, held)
         event = RegistrationEvent(
             f"sip:{held.aor}", contact, now, now + timedelta(seconds=granted), held.thumbprint
@@ -339,30 +382,29 @@ class RegistrarConnection:
             msg = self._respond(request, 403, "Forbidden", extra, refusal.held)
         except WireError as exc:
             return self._bad_request(request, aor, exc.detail)
+        finally:
+            self._drop(refusal.held)
         return Handled((msg,), (), Outcome("failed", str(code), aor, one_line(reason)))
 
     def _bad_request(self, request: SipMessage, aor: str, detail: str) -> Handled:
         outcome = Outcome("failed", "400", aor, one_line(detail))
-        try:
-            msg = build_response(
-                request, 400, "Bad Request", [("Server", "phoneprov-registrar")], self._cfg.tag
-            )
-        except WireError:
-            return Handled((), (), outcome, close=True)
-        return Handled((msg,), (), outcome, close=True)
+        msg = self.answer(request, 400, "Bad Request")
+        return Handled(() if msg is None else (msg,), (), outcome, close=True)
 
     # -- helpers ------------------------------------------------------------------------------------
 
     def _sa_of(self, request: SipMessage) -> _Sa | None:
-        """The SA a request names, else the newest one of this connection, else None (unsigned)."""
+        """The established SA ``request`` names by its opaque, else None (the answer goes unsigned)."""
         try:
             cred = credentials(request, "Authorization")
         except WireError:
             cred = None
         opaque = cred.params.get("opaque") if cred else None
-        if opaque and opaque in self._sas:
-            return self._sas[opaque]
-        return next(reversed(self._sas.values()), None)
+        return self._sas.get(opaque) if opaque else None
+
+    def _drop(self, held: _Sa | None) -> None:
+        if held is not None:
+            self._sas.pop(held.sa.sa_id, None)
 
     def _new_opaque(self) -> str:
         while True:
