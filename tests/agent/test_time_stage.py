@@ -81,3 +81,18 @@ def test_silence_is_no_answer() -> None:
     finally:
         quiet.close()
     assert err.value.code == "NO_ANSWER" and "timeout" in err.value.detail
+
+
+def test_privileged_phone_sets_the_system_clock_instead_of_keeping_an_offset() -> None:
+    set_to: list[float] = []
+    with sntp_server(offset_reply(120.0)) as (port, _):
+        cfg = TimeConfig(port=port, fallback=(), set_system_clock=True)
+        synced = sync_time(["127.0.0.1"], cfg, SystemClock(), Resolver(), set_clock=set_to.append)
+    assert len(set_to) == 1 and abs(set_to[0] - (time.time() + 120.0)) < 1.0
+    assert synced.clock.offset_s == 0.0 and "system clock set" in synced.source
+
+
+def test_unprivileged_or_unconfigured_phone_keeps_the_offset() -> None:
+    with sntp_server(offset_reply(120.0)) as (port, _):
+        synced = sync_time(["127.0.0.1"], TimeConfig(port=port, fallback=()), SystemClock(), Resolver())
+    assert abs(synced.clock.offset_s - 120.0) < 1.0 and synced.source == "option 42"
