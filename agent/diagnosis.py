@@ -237,6 +237,10 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "The registrar's certificate reaches a shipped root but is not valid (dates, name, usage).",
         "Check the phone's clock and that the registrar certificate's SAN names the registrar FQDN.",
     ),
+    (Stage.REGISTER, "CERT_EXPIRING"): (
+        "The phone's certificate has less than 5 minutes left: no security association can be built on it.",
+        "Re-provision (stages WEB_TICKET to CERT_PUBLISH); check the pool's validity policy and the phone's clock.",
+    ),
     (Stage.REGISTER, "NO_REGISTRAR"): (
         "The phone knows no registrar: DHCP gave no option 120 and none is configured.",
         "Serve option 120 (the pool FQDN, encoding 0) or configure the registrar FQDN on the phone.",

@@ -4,13 +4,18 @@ then keep the registration alive (stage SIGNED_IN's timers, §8.5).
 The TLS connection is judged like the Web Services' (shipped roots + the intermediates stage ROOT_CHAIN
 validated, at the phone's clock); the registrar's certificate inside TLS-DSK is judged the same way. The SIP
 logic is :class:`agent.wire.regflow.RegisterFlow`; this module only moves its messages and keeps time.
+
+Each request/answer exchange has one deadline (``timeout_s``, real monotonic time) covering the send and
+every read until its final answer, so a registrar trickling bytes or strays cannot hold the phone in
+REGISTER; at most :data:`MAX_IGNORED` messages that answer nothing are read per request.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -18,10 +23,10 @@ from OpenSSL import SSL
 
 from agent.clocks import Clock
 from agent.net import Resolver
-from agent.stages import AgentError, Stage, StageError, WireError, one_line
+from agent.stages import AgentError, Stage, WireError
 from agent.tlsconn import TlsChannel, tls_connect
 from agent.truststore import TrustStore
-from agent.wire.regflow import Redirect, Registered, RegisterFlow
+from agent.wire.regflow import Redirect, Registered, RegisterFlow, failed
 from agent.wire.sip import SipMessage, SipStreamParser, encode
 
 __all__ = ["RegisterConfig", "RegistrarSession", "sign_in"]
@@ -39,55 +44,65 @@ class RegisterConfig:
     max_redirects: int = 2
 
 
-def _failed(code: str, detail: str) -> StageError:
-    return StageError(Stage.REGISTER, code, one_line(detail))
-
-
 class _Link:
     """SIP messages over one TLS channel, with the stage's error codes for every way the wire fails."""
 
-    def __init__(self, channel: TlsChannel, timeout_s: float) -> None:
-        self.channel, self.timeout_s = channel, timeout_s
+    def __init__(
+        self, channel: TlsChannel, timeout_s: float, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.channel, self.timeout_s, self._monotonic = channel, timeout_s, monotonic
         self._parser = SipStreamParser()
         self._queue: list[SipMessage] = []
 
-    def send(self, msg: SipMessage) -> None:
-        try:
-            self.channel.send(encode(msg))
-        except (OSError, SSL.Error) as exc:
-            raise _failed("CONNECTION_LOST", f"sending to {self._peer}: {exc}") from None
+    def _left(self, deadline: float) -> float:
+        left = deadline - self._monotonic()
+        if left <= 0:
+            raise failed("TIMEOUT", f"no answer from {self._peer} within {self.timeout_s:g} s")
+        return left
 
-    def receive(self) -> SipMessage:
+    def send(self, msg: SipMessage, deadline: float) -> None:
+        try:
+            self.channel.send(encode(msg), self._left(deadline))
+        except TimeoutError:
+            raise failed("TIMEOUT", f"{self._peer} took no request within {self.timeout_s:g} s") from None
+        except (OSError, SSL.Error) as exc:
+            raise failed("CONNECTION_LOST", f"sending to {self._peer}: {exc}") from None
+
+    def receive(self, deadline: float) -> SipMessage:
+        """The next message, read before ``deadline`` (monotonic seconds) or TIMEOUT."""
         while not self._queue:
             try:
-                data = self.channel.recv(self.timeout_s)
+                data = self.channel.recv(self._left(deadline))
             except TimeoutError:
-                raise _failed("TIMEOUT", f"no answer from {self._peer} within {self.timeout_s:g} s") from None
+                raise failed("TIMEOUT", f"no answer from {self._peer} within {self.timeout_s:g} s") from None
             except (OSError, SSL.Error) as exc:
-                raise _failed("CONNECTION_LOST", f"reading from {self._peer}: {exc}") from None
+                raise failed("CONNECTION_LOST", f"reading from {self._peer}: {exc}") from None
             if not data:
-                raise _failed("CONNECTION_LOST", f"{self._peer} closed the connection")
+                raise failed("CONNECTION_LOST", f"{self._peer} closed the connection")
             try:
                 self._queue.extend(self._parser.feed(data))
             except WireError as exc:
-                raise _failed("MALFORMED", f"{self._peer}: {exc.detail}") from None
+                raise failed("MALFORMED", f"{self._peer}: {exc.detail}") from None
         return self._queue.pop(0)
 
     def exchange(self, flow: RegisterFlow, first: SipMessage, clock: Clock) -> Registered | Redirect:
-        """Send ``first`` and whatever the flow asks next until it is registered or redirected."""
-        self.send(first)
+        """Send ``first`` and whatever the flow asks next until it is registered or redirected; each
+        request gets ``timeout_s`` overall for its sending and its final answer."""
+        deadline = self._monotonic() + self.timeout_s
+        self.send(first, deadline)
         ignored = 0
         while True:
-            step = flow.receive(self.receive(), clock.now())
+            step = flow.receive(self.receive(deadline), clock.now())
             if isinstance(step, SipMessage):
-                self.send(step)
+                deadline = self._monotonic() + self.timeout_s
+                self.send(step, deadline)
                 ignored = 0
             elif step is not None:
                 return step
             else:
                 ignored += 1
                 if ignored > MAX_IGNORED:
-                    raise _failed("UNEXPECTED", f"{self._peer} sent {ignored} messages that answer nothing")
+                    raise failed("UNEXPECTED", f"{self._peer} sent {ignored} messages that answer nothing")
 
     @property
     def _peer(self) -> str:
@@ -103,6 +118,7 @@ class RegistrarSession:
     def __init__(self, link: _Link, flow: RegisterFlow, registered: Registered, clock: Clock) -> None:
         self._link, self._flow, self._clock = link, flow, clock
         self.registered = registered
+        self._unregistered = False
 
     @property
     def channel(self) -> TlsChannel:
@@ -113,26 +129,44 @@ class RegistrarSession:
         return self._flow
 
     def next_due(self) -> datetime:
-        """The earlier of the refresh (30 s before the binding ends) and the end of the phone's SA."""
+        """The earlier of the refresh (30 s before the binding ends) and the end of the phone's SA; never,
+        once unregistered."""
+        if self._unregistered:
+            return datetime.max.replace(tzinfo=UTC)
         return min(self.registered.refresh_at, self.registered.sa_expires_at)
 
     def tick(self, now: datetime) -> str:
         """Do what is due at ``now``: "idle", "refreshed" (signed re-REGISTER) or "reauthenticated" (B–D)."""
+        if self._unregistered:
+            return "idle"
         before = self._flow.sa.sa_id if self._flow.sa else None
         if self._flow.needs_new_sa(now):
-            first = self._flow.reauthenticate()
+            self._exchange(self._flow.reauthenticate(now))
         elif now >= self.registered.refresh_at:
-            first = self._flow.refresh(now)
+            self._exchange(self._flow.refresh(now))
         else:
             return "idle"
-        step = self._link.exchange(self._flow, first, self._clock)
-        if isinstance(step, Redirect):
-            raise _failed(
-                "UNEXPECTED", f"registrar redirected a live registration to {step.host}:{step.port}"
-            )
-        self.registered = replace(step, redirected_from=self.registered.redirected_from)
         after = self._flow.sa.sa_id if self._flow.sa else None
         return "reauthenticated" if after != before else "refreshed"
+
+    def unregister(self) -> Registered:
+        """Remove this phone's binding: a signed REGISTER with ``Expires: 0`` (after B–D if the SA has
+        ended), confirmed by the registrar's signed 200. Afterwards the timers stop; close() still applies.
+        Lets a synthetic transaction leave the store as it found it."""
+        now = self._clock.now()
+        if self._flow.needs_new_sa(now):
+            self._exchange(self._flow.reauthenticate(now))
+            now = self._clock.now()
+        done = self._exchange(self._flow.refresh(now, expires_s=0))
+        self._unregistered = True
+        return done
+
+    def _exchange(self, first: SipMessage) -> Registered:
+        step = self._link.exchange(self._flow, first, self._clock)
+        if isinstance(step, Redirect):
+            raise failed("UNEXPECTED", f"registrar redirected a live registration to {step.host}:{step.port}")
+        self.registered = replace(step, redirected_from=self.registered.redirected_from)
+        return self.registered
 
     def run(self, clock: Clock, until: datetime, max_ticks: int) -> list[tuple[datetime, str]]:
         """Keep the registration alive until ``until``, sleeping on ``clock`` between due times; at most
@@ -207,6 +241,6 @@ def sign_in(
         link.close()
         first_hop = first_hop or f"{host}:{port}"
         host, port = step.host, step.port
-    raise _failed(
+    raise failed(
         "REDIRECT_LOOP", f"more than {cfg.max_redirects} redirects (last to {host}:{port}, from {first_hop})"
     )

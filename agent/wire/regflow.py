@@ -8,6 +8,13 @@ Exchange: A (no credentials) → 401 challenge → B (ClientHello) → 401 opaqu
 flight) → 401 Finished → D (signed) → 200 with ``rspauth``. A 401 *challenge* (no ``gssapi-data``) at any
 point starts a fresh handshake at B; at most :data:`MAX_HANDSHAKES` per registration, then ``401_LOOP``.
 
+Signatures (§8.4): every final answer to a signed request (D, refreshes) must carry a valid ``rspauth``
+under the SA — 200 and refusals alike (403, 503, 400) — or it is ``BAD_SIGNATURE``; a 401 challenge is the
+exception (it starts a new handshake). Answers to the unsigned handshake requests A–C are taken unsigned,
+since the registrar can sign only under an SA the request names. A signed 403 ends the SA (§8.3). The
+binding's length is the signed ``Expires`` header (:func:`agent.wire.regmsg.signed_expiry`). A certificate
+with less than 5 min left would give an empty SA, so B is refused with ``CERT_EXPIRING`` (re-provision).
+
 Two decisions of ours: the SA this side keeps ends at ``min(cert expiry, 8 h) − 5 min`` (§8.5), which is
 when :meth:`RegisterFlow.needs_new_sa` turns true; the registrar keeps its SA until ``min(cert expiry, 8 h)``,
 so a re-authentication at that moment never races the registrar's expiry. A response is judged under the
@@ -27,18 +34,20 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent.stages import Stage, StageError, WireError, one_line
 from agent.wire.regmsg import (
     REALM,
+    UNSIGNED_EXPIRY,
     VERSION,
     add_auth_header,
     credentials,
+    signed_expiry,
     signed_fields,
     sip_target,
 )
-from agent.wire.sip import SipMessage, build_request, cseq, expires, parse_name_addr
+from agent.wire.sip import SipMessage, build_request, cseq, parse_name_addr
 from agent.wire.sipauth import AuthChallenge, format_auth_params, parse_ms_diagnostics
 from agent.wire.sipsig import SCHEME, SecurityAssociation, sa_lifetime
 from agent.wire.tlsdsk import TlsDskClient, TlsDskError, gssapi_decode, gssapi_encode
 
-__all__ = ["MAX_HANDSHAKES", "REFRESH_LEAD", "Redirect", "RegisterFlow", "Registered", "Step"]
+__all__ = ["MAX_HANDSHAKES", "REFRESH_LEAD", "Redirect", "RegisterFlow", "Registered", "Step", "failed"]
 
 #: TLS-DSK handshakes (B–D) allowed between two 200s before the flow gives up with 401_LOOP.
 MAX_HANDSHAKES = 2
@@ -100,8 +109,9 @@ class _Outstanding:
     expires_s: int
 
 
-def _failed(code: str, detail: str) -> StageError:
-    return StageError(Stage.REGISTER, code, one_line(detail))
+def failed(code: str, detail: str, remedy: str = "") -> StageError:
+    """Stage REGISTER failed with ``code``: the one constructor both the flow and its I/O layer use."""
+    return StageError(Stage.REGISTER, code, one_line(detail), remedy)
 
 
 def _host_in_uri(host: str) -> str:
@@ -183,11 +193,11 @@ class RegisterFlow:
             raise ValueError("the SA has ended; reauthenticate() instead")
         return self._signed_request("refresh", now, expires_s)
 
-    def reauthenticate(self) -> SipMessage:
+    def reauthenticate(self, now: datetime) -> SipMessage:
         """REGISTER B with a new ClientHello: a new SA for an existing registration (§8.5)."""
         if self._state != "registered":
             raise ValueError("reauthenticate() needs a registration")
-        return self._flight_b()
+        return self._flight_b(now)
 
     def _send(self, state: str, auth: str | None) -> SipMessage:
         self._cseq += 1
@@ -217,18 +227,24 @@ class RegisterFlow:
             del base["opaque"]
         return format_auth_params(SCHEME, {**base, **params})
 
-    def _flight_b(self) -> SipMessage:
-        if self._handshakes >= MAX_HANDSHAKES:
-            raise _failed(
-                "401_LOOP", f"the registrar asked for TLS-DSK {self._handshakes + 1} times in a row"
+    def _flight_b(self, now: datetime) -> SipMessage:
+        not_after = self.cert.not_valid_after_utc
+        if sa_lifetime(not_after, now) <= timedelta(0):
+            raise failed(
+                "CERT_EXPIRING",
+                f"the certificate ends {not_after:%Y-%m-%d %H:%M:%S}Z, under 5 min from now: no SA possible",
+                "Re-provision the phone's certificate (stages WEB_TICKET to CERT_PUBLISH, protocol.md §8.5): "
+                "power-cycle the phone or sign in again with the PIN.",
             )
+        if self._handshakes >= MAX_HANDSHAKES:
+            raise failed("401_LOOP", f"the registrar asked for TLS-DSK {self._handshakes + 1} times in a row")
         self._handshakes += 1
         self._opaque = None
         try:
             self._tls = TlsDskClient(self.cert, self._key, self._verify, self._allow_tls10)
             hello = self._tls.hello()
         except TlsDskError as exc:
-            raise _failed("TLS_DSK", f"{exc.code}: {exc.detail}") from None
+            raise failed("TLS_DSK", f"{exc.code}: {exc.detail}") from None
         return self._send("B", self._auth(**{"gssapi-data": gssapi_encode(hello), "version": VERSION}))
 
     def _signed_request(self, state: str, now: datetime, expires_s: int | None) -> SipMessage:
@@ -245,51 +261,61 @@ class RegisterFlow:
 
     def receive(self, msg: SipMessage, now: datetime) -> Step:
         """Consume one message from the registrar; StageError(REGISTER) when sign-in cannot go on."""
+        sent = self._outstanding
         try:
-            if msg.is_request or self._outstanding is None or not self._answers(msg):
+            if msg.is_request or sent is None or not self._answers(msg, sent):
                 return None
             assert msg.status is not None
             if msg.status < 200:
                 return None
             if msg.status == 401:
                 return self._on_401(msg, now)
+            if sent.signed_at is not None:
+                self._verify_rspauth(msg, sent.signed_at)
             if msg.status == 200:
                 return self._on_200(msg, now)
             if msg.status in (301, 302):
                 return self._on_redirect(msg)
-            return self._on_failure(msg)
+            return self._on_failure(msg, signed=sent.signed_at is not None)
         except WireError as exc:
-            raise _failed("MALFORMED", f"registrar sent a bad SIP response: {exc.detail}") from None
+            if exc.code == UNSIGNED_EXPIRY:
+                raise failed("BAD_SIGNATURE", exc.detail) from None
+            raise failed("MALFORMED", f"registrar sent a bad SIP response: {exc.detail}") from None
 
-    def _answers(self, msg: SipMessage) -> bool:
-        assert self._outstanding is not None
-        return msg.header("Call-ID") == self.call_id and cseq(msg) == (self._outstanding.cseq, "REGISTER")
+    def _answers(self, msg: SipMessage, sent: _Outstanding) -> bool:
+        """Whether ``msg`` answers the outstanding REGISTER; one without a usable CSeq answers nothing."""
+        if msg.header("Call-ID") != self.call_id:
+            return False
+        try:
+            return cseq(msg) == (sent.cseq, "REGISTER")
+        except WireError:
+            return False
 
     def _on_401(self, msg: SipMessage, now: datetime) -> SipMessage:
         challenge = credentials(msg, "WWW-Authenticate")
         if challenge is None:
             offered = ", ".join(v.split(" ", 1)[0] for v in msg.header_values("WWW-Authenticate")) or "none"
-            raise _failed("NO_TLS_DSK", f"401 without a TLS-DSK challenge (schemes offered: {offered})")
+            raise failed("NO_TLS_DSK", f"401 without a TLS-DSK challenge (schemes offered: {offered})")
         params = challenge.params
         flight = params.get("gssapi-data")
         if flight is None:
             self._realm = params.get("realm", REALM)
             self._target = params.get("targetname", self.registrar)
-            return self._flight_b()
+            return self._flight_b(now)
         try:
             if self._state == "B":
                 return self._flight_c(challenge, flight)
             if self._state == "C":
                 return self._flight_d(challenge, flight, now)
         except TlsDskError as exc:
-            raise _failed("TLS_DSK", f"{exc.code}: {exc.detail}") from None
-        raise _failed("TLS_DSK", f"the registrar sent a handshake flight in answer to REGISTER {self._state}")
+            raise failed("TLS_DSK", f"{exc.code}: {exc.detail}") from None
+        raise failed("TLS_DSK", f"the registrar sent a handshake flight in answer to REGISTER {self._state}")
 
     def _flight_c(self, challenge: AuthChallenge, flight: str) -> SipMessage:
         assert self._tls is not None
         opaque = challenge.params.get("opaque")
         if not opaque:
-            raise _failed("MALFORMED", "the 401 to REGISTER B has gssapi-data but no opaque (SA id)")
+            raise failed("MALFORMED", "the 401 to REGISTER B has gssapi-data but no opaque (SA id)")
         records = self._tls.step(gssapi_decode(flight))
         self._opaque = opaque
         return self._send("C", self._auth(**{"gssapi-data": gssapi_encode(records), "version": VERSION}))
@@ -297,7 +323,7 @@ class RegisterFlow:
     def _flight_d(self, challenge: AuthChallenge, flight: str, now: datetime) -> SipMessage:
         assert self._tls is not None and self._opaque is not None
         if challenge.params.get("opaque") != self._opaque:
-            raise _failed("TLS_DSK", "the registrar's Finished flight names another SA (opaque changed)")
+            raise failed("TLS_DSK", "the registrar's Finished flight names another SA (opaque changed)")
         keys = self._tls.finish(gssapi_decode(flight))
         lifetime = sa_lifetime(self.cert.not_valid_after_utc, now)
         self._sa = SecurityAssociation(keys, self._opaque, "client", now, lifetime)
@@ -305,14 +331,13 @@ class RegisterFlow:
 
     def _on_200(self, msg: SipMessage, now: datetime) -> Registered:
         sent = self._outstanding
-        if self._state not in ("D", "refresh") or self._sa is None or sent is None:
-            raise _failed("UNEXPECTED", f"200 OK to an unauthenticated REGISTER {self._state}")
-        self._verify_rspauth(msg, sent.signed_at or now)
+        if self._state not in ("D", "refresh") or self._sa is None or sent is None or sent.signed_at is None:
+            raise failed("UNEXPECTED", f"200 OK to an unauthenticated REGISTER {self._state}")
         requested = sent.expires_s
-        granted = expires(msg, self._contact)
+        granted = signed_expiry(msg, self._contact)
         granted = requested if granted is None else granted
         if granted == 0 and requested != 0:
-            raise _failed("UNEXPECTED", "the registrar granted 0 s for a registration")
+            raise failed("UNEXPECTED", "the registrar granted 0 s for a registration")
         tls_version = self._sa.keys.protocol
         self._handshakes, self._state, self._outstanding = 0, "registered", None
         self._registered = Registered(
@@ -321,33 +346,38 @@ class RegisterFlow:
         return self._registered
 
     def _verify_rspauth(self, msg: SipMessage, signed_at: datetime) -> None:
-        assert self._sa is not None
+        """The answer to a signed request is signed under the SA that request was signed in (§8.4)."""
+        what = f"{msg.status} {msg.reason}".strip()
+        if self._sa is None:
+            raise failed("BAD_SIGNATURE", f"{what} answers a signed REGISTER but the SA is gone")
         info = credentials(msg, "Authentication-Info")
         if info is None:
-            raise _failed("BAD_SIGNATURE", "200 OK without a TLS-DSK Authentication-Info (rspauth)")
+            raise failed("BAD_SIGNATURE", f"{what} without a TLS-DSK Authentication-Info (rspauth)")
         p = info.params
         if p.get("opaque") != self._sa.sa_id or not p.get("rspauth") or not p.get("snum"):
-            raise _failed("BAD_SIGNATURE", "Authentication-Info lacks rspauth/snum or names another SA")
+            raise failed("BAD_SIGNATURE", "Authentication-Info lacks rspauth/snum or names another SA")
         fields = signed_fields(msg, self._realm, self._target, p.get("srand", ""), p["snum"])
         try:
             self._sa.verify_incoming(fields, p["rspauth"], signed_at)
         except StageError as exc:
-            raise _failed("BAD_SIGNATURE", f"rspauth refused ({exc.code}): {exc.detail}") from None
+            raise failed("BAD_SIGNATURE", f"rspauth refused ({exc.code}): {exc.detail}") from None
 
     def _on_redirect(self, msg: SipMessage) -> Redirect:
         contact = msg.header("Contact")
         if not contact:
-            raise _failed("MALFORMED", f"{msg.status} redirect without a Contact")
+            raise failed("MALFORMED", f"{msg.status} redirect without a Contact")
         uri = parse_name_addr(contact).uri
         target = sip_target(uri)
         self._state, self._outstanding = "redirected", None
         assert msg.status is not None
         return Redirect(target.host, target.port, uri, msg.status)
 
-    def _on_failure(self, msg: SipMessage) -> SipMessage:
+    def _on_failure(self, msg: SipMessage, signed: bool) -> SipMessage:
+        if signed and msg.status == 403:  # §8.3: a refusal after D ends the SA
+            self._sa, self._opaque = None, None
         diagnostics = msg.header("ms-diagnostics")
         what = f"{msg.status} {msg.reason}".strip()
         if diagnostics and msg.status in (403, 503):
             diag = parse_ms_diagnostics(diagnostics)
-            raise _failed(str(diag.code), f"{what}: {diag.reason or 'no reason given'}")
-        raise _failed("UNEXPECTED", f"registrar answered REGISTER {self._state} with {what}")
+            raise failed(str(diag.code), f"{what}: {diag.reason or 'no reason given'}")
+        raise failed("UNEXPECTED", f"registrar answered REGISTER {self._state} with {what}")

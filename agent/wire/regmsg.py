@@ -4,13 +4,18 @@ The phone (:mod:`agent.wire.regflow`) and the lab registrar (``tools.pool.regcor
 signed string from the same message, so the extraction of the signed values lives here once: whoever signs
 builds the message first, takes :func:`signed_fields` of it, and only then adds the auth header (which is
 not covered). Sans-IO, like the rest of ``agent.wire``.
+
+Expiry: §8.4 signs the ``Expires`` header, not a Contact's ``expires`` parameter, so both ends act only on the
+header (:func:`signed_expiry`) and refuse a message whose parameter says otherwise: RFC 3261 would let the
+unsigned parameter win, which would let anyone on the path lengthen or end a binding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.wire.sip import SipMessage, cseq, parse_name_addr
+from agent.stages import Stage, WireError
+from agent.wire.sip import SipMessage, cseq, expires, parse_name_addr
 from agent.wire.sipauth import AuthChallenge, find_challenge, sip_error, snip
 from agent.wire.sipsig import SCHEME, SignedFields
 
@@ -18,12 +23,14 @@ __all__ = [
     "DEFAULT_PORT",
     "REALM",
     "SCHEME",
+    "UNSIGNED_EXPIRY",
     "VERSION",
     "SipTarget",
     "add_auth_header",
     "aor_key",
     "credentials",
     "pai_uris",
+    "signed_expiry",
     "signed_fields",
     "sip_target",
 ]
@@ -31,6 +38,8 @@ __all__ = [
 REALM = "SIP Communications Service"
 VERSION = "4"
 DEFAULT_PORT = 5061
+#: WireError code of a Contact ``expires`` parameter that contradicts the signed Expires header.
+UNSIGNED_EXPIRY = "UNSIGNED_EXPIRY"
 
 
 def aor_key(uri: str) -> str:
@@ -98,6 +107,22 @@ def signed_fields(
         rand=rand,
         num=num,
     )
+
+
+def signed_expiry(msg: SipMessage, contact_uri: str) -> int | None:
+    """The expiry to act on: the (signed) Expires header, None when absent. WireError with code
+    :data:`UNSIGNED_EXPIRY` when ``contact_uri``'s Contact carries an ``expires`` parameter that differs
+    (an absent header differs from any parameter); other Contacts' parameters are theirs, not ours."""
+    header = expires(msg.without_header("Contact"))
+    param = expires(msg.without_header("Expires"), contact_uri)
+    if param is not None and param != header:
+        signed = "absent" if header is None else str(header)
+        raise WireError(
+            f"unsigned expiry: Contact expires={param} contradicts the signed Expires ({signed})",
+            Stage.REGISTER,
+            UNSIGNED_EXPIRY,
+        )
+    return header
 
 
 @dataclass(frozen=True)

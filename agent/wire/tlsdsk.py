@@ -17,7 +17,9 @@ checks, hence :data:`MIN_RSA_BITS`.
 Certificate checks are the caller's, run from inside OpenSSL's verify callback: OpenSSL's own verdict
 (system clock, empty trust store) is ignored, and the caller's verdict is final. The client gets the chain
 exactly as presented; on the server OpenSSL exposes no presented chain during verification, so the server
-check gets the chain OpenSSL built from what the client sent (leaf first).
+check gets the chain OpenSSL built from what the client sent (leaf first). A certificate OpenSSL accepts but
+cryptography cannot parse (e.g. X.509 version field 3), or a check that raises, is a refusal, never an
+exception out of the handshake; and neither side goes on unless the check ran and accepted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL, crypto
 
-from agent.stages import Stage, StageError
+from agent.stages import X509_ERRORS, Stage, StageError, one_line
 
 __all__ = [
     "CIPHER_LIST",
@@ -175,7 +177,8 @@ class _PeerCheck:
 
     OpenSSL calls back per chain depth, top first, then finally for the leaf with ``ok=1``; earlier calls
     report OpenSSL's own errors (no local issuer, dates by the system clock), which are the caller's
-    business, so they pass provisionally and the decision is taken at that final leaf call.
+    business, so they pass provisionally and the decision is taken at that final leaf call. Nothing raised
+    in here may escape: pyOpenSSL would re-raise it from ``do_handshake`` as a foreign exception.
     """
 
     def __init__(self, decide: Callable[[list[x509.Certificate]], str | None]) -> None:
@@ -188,15 +191,28 @@ class _PeerCheck:
     def callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if self.ran:
             return self.refusal is None
-        self._by_depth[depth] = cert.to_cryptography()
-        if depth != 0 or not ok:
-            return True
-        presented = conn.get_peer_cert_chain(as_cryptography=True)
-        chain = list(presented) if presented else [self._by_depth[d] for d in sorted(self._by_depth)]
-        self.chain = tuple(chain)
-        self.refusal = _weak_key(chain[0]) or self._decide(chain)
+        try:
+            self._by_depth[depth] = cert.to_cryptography()
+            if depth != 0 or not ok:
+                return True
+            presented = conn.get_peer_cert_chain(as_cryptography=True)
+            chain = list(presented) if presented else [self._by_depth[d] for d in sorted(self._by_depth)]
+            self.chain = tuple(chain)
+            self.refusal = _weak_key(chain[0]) or self._decide(chain)
+        except X509_ERRORS as exc:
+            self.refusal = f"malformed certificate: {one_line(exc, 120)}"
+        except Exception as exc:  # a failing check is a refusal that names the failure, never acceptance
+            self.refusal = f"certificate check failed: {type(exc).__name__}: {one_line(exc, 120)}"
         self.ran = True
         return self.refusal is None
+
+    def refused(self, code: str) -> TlsDskError:
+        """The refusal as an error naming the judged leaf ("?" when none was judged or it does not render)."""
+        try:
+            subject = self.chain[0].subject.rfc4514_string() if self.chain else "?"
+        except X509_ERRORS:
+            subject = "?"
+        return TlsDskError(code, f"certificate {subject} refused: {self.refusal}", self.refusal)
 
 
 def _weak_key(leaf: x509.Certificate) -> str | None:
@@ -258,7 +274,9 @@ class _Endpoint:
         except SSL.WantReadError:
             done = False
         except SSL.Error as exc:
-            raise self._error(exc) from None
+            raise self._error(_one_line(exc)) from None
+        except Exception as exc:  # re-raised by pyOpenSSL from a callback: still this handshake's failure
+            raise self._error(f"{type(exc).__name__}: {one_line(exc, 120)}") from None
         self._failed = False
         return done, self._drain()
 
@@ -270,14 +288,18 @@ class _Endpoint:
             except SSL.WantReadError:
                 return bytes(out)
 
-    def _error(self, exc: SSL.Error) -> TlsDskError:
+    def _error(self, why: str) -> TlsDskError:
         if self._check.refusal is not None:
-            return TlsDskError(self._refusal_code, self._refused_detail(), self._check.refusal)
-        return TlsDskError("TLS_HANDSHAKE", f"TLS handshake failed: {_one_line(exc)}")
+            return self._check.refused(self._refusal_code)
+        return TlsDskError("TLS_HANDSHAKE", f"TLS handshake failed: {why}")
 
-    def _refused_detail(self) -> str:
-        subject = self._check.chain[0].subject.rfc4514_string() if self._check.chain else "?"
-        return f"certificate {subject} refused: {self._check.refusal}"
+    def _require_accepted(self, who: str) -> None:
+        """Go no further unless the certificate check ran and accepted (OpenSSL must have asked it)."""
+        if not self._check.ran or self._check.refusal is not None:
+            self._failed = True
+            if self._check.refusal is not None:
+                raise self._check.refused(self._refusal_code)
+            raise TlsDskError(self._refusal_code, f"{who} certificate was never checked")
 
     def _fail(self, code: str, detail: str) -> TlsDskError:
         self._failed = True
@@ -333,6 +355,7 @@ class TlsDskClient(_Endpoint):
             raise self._fail("TLS_HANDSHAKE", "the registrar chose TLS 1.1; TLS-DSK here is TLS 1.0 or 1.2")
         if out[0] != _HANDSHAKE or out[5] != _CERTIFICATE:
             raise self._fail("TLS_HANDSHAKE", "the registrar sent no CertificateRequest; TLS-DSK needs one")
+        self._require_accepted("the registrar's")
         self._phase = "finished"
         return out
 
@@ -342,6 +365,7 @@ class TlsDskClient(_Endpoint):
         done, out = self._run(server_records)
         if not done or out:
             raise self._fail("TLS_STATE", "the registrar's Finished flight did not complete the handshake")
+        self._require_accepted("the registrar's")
         self._phase = "done"
         return derive_keys(self._conn)
 
@@ -383,8 +407,7 @@ class TlsDskServer(_Endpoint):
         if self._flights == 2:
             if not done or not out:
                 raise self._fail("TLS_STATE", "the phone's flight C did not complete the handshake")
-            if not self._check.ran or self._check.refusal is not None:
-                raise self._fail("CLIENT_CERT_REFUSED", "the client certificate was never accepted")
+            self._require_accepted("the phone's")
             self._keys = derive_keys(self._conn)
         return out
 

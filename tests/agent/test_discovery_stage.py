@@ -112,14 +112,14 @@ def test_replies_for_others_are_ignored_until_ours_arrives() -> None:
             ack(req),
         ]
 
-    net, found = run(answer)
+    _, found = run(answer)
     assert not isinstance(found, StageError), found
     assert found.certprov_url == INFO.certprov_url and found.informs_sent == 1  # type: ignore[attr-defined]
     assert found.sources["registrar"] == "DHCPACK from 192.0.2.1, option 120"  # type: ignore[attr-defined]
 
 
 def test_second_inform_answer_counts() -> None:
-    net, found = run(lambda req, n: [ack(req)] if n == 2 else [], interval_s=1.0)
+    _, found = run(lambda req, n: [ack(req)] if n == 2 else [], interval_s=1.0)
     assert not isinstance(found, StageError) and found.informs_sent == 2  # type: ignore[attr-defined]
 
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.enroll import generate_key
 from agent.stages import Stage, StageError, WireError
-from agent.wire.regflow import Redirect, Registered
+from agent.wire.regflow import Redirect, Registered, RegisterFlow
 from agent.wire.regmsg import REALM, SipTarget, aor_key, credentials, sip_target
 from agent.wire.sip import SipMessage, build_response
 from agent.wire.sipauth import format_auth_params
-from tests.agent.regpki import POOL, Pki, T, exchange, make_pki, phone, registrar, wire
+from tests.agent.regpki import ALICE, POOL, Pki, T, exchange, make_pki, phone, registrar, wire
+from tools.pool.ca import thumbprint
+from tools.pool.regcheck import certificate_aors, client_checker
 from tools.pool.regcore import ExpiryPolicy, Handled, RegistrarConnection, server_sa_lifetime
+from tools.pool.store.contract import PublishedCert
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +102,7 @@ def test_unknown_opaque_gets_a_new_challenge(pki: Pki) -> None:
     assert challenge is not None and "gssapi-data" not in challenge.params
 
 
-def test_other_methods_are_405_signed_once_an_sa_exists(pki: Pki) -> None:
+def test_other_methods_are_405_signed_when_they_name_an_sa(pki: Pki) -> None:
     flow, conn = phone(pki), registrar(pki)
     a = flow.start()
     options = SipMessage(method="OPTIONS", uri="sip:lab.test", headers=a.headers)
@@ -101,8 +110,14 @@ def test_other_methods_are_405_signed_once_an_sa_exists(pki: Pki) -> None:
     assert before.status == 405 and before.header("Allow") == "REGISTER"
     assert credentials(before, "Authentication-Info") is None
     assert isinstance(exchange(flow, conn, a, T), Registered)
-    (after,) = conn.handle(wire(options), T).messages
-    assert after.status == 405 and credentials(after, "Authentication-Info") is not None
+    assert flow.sa is not None
+    named = _with_auth(options, qop="auth", opaque=flow.sa.sa_id, crand="0", cnum="9", response="00")
+    (after,) = conn.handle(wire(named), T).messages
+    assert after.status == 405
+    info = credentials(after, "Authentication-Info")
+    assert info is not None and info.params["opaque"] == flow.sa.sa_id
+    (anonymous,) = conn.handle(wire(options), T).messages  # names no SA: nothing to sign under
+    assert credentials(anonymous, "Authentication-Info") is None
     ack = SipMessage(method="ACK", uri="sip:lab.test", headers=options.headers)
     assert conn.handle(wire(ack), T) == Handled()
 
@@ -217,3 +232,98 @@ def test_phone_takes_any_answer_without_crashing(
         assert exc.stage is Stage.REGISTER and "\n" not in exc.detail
         return
     assert step is None or isinstance(step, SipMessage | Redirect)
+
+
+# --- regressions ------------------------------------------------------------------------------------
+
+
+def _signed_in(pki: Pki) -> tuple[RegisterFlow, RegistrarConnection]:
+    flow, conn = phone(pki), registrar(pki)
+    assert isinstance(exchange(flow, conn, flow.start(), T), Registered)
+    return flow, conn
+
+
+def test_400_to_a_request_naming_an_sa_is_signed(pki: Pki) -> None:
+    flow, conn = _signed_in(pki)
+    wildcard = flow.refresh(T).replace_header("Contact", "*")  # the Contact is not signed
+    handled = conn.handle(wire(wildcard), T)
+    assert [m.status for m in handled.messages] == [400] and handled.close
+    info = credentials(handled.messages[0], "Authentication-Info")
+    assert flow.sa is not None and info is not None and info.params["opaque"] == flow.sa.sa_id
+
+
+def test_store_refusal_403_is_signed_and_ends_the_sa(pki: Pki) -> None:
+    flow, conn = _signed_in(pki)
+    refresh = flow.refresh(T)
+    conn.handle(wire(refresh), T)
+    msg = conn.refuse(wire(refresh), 4104, "DataStoreUnavailable: cannot record it")
+    assert msg.status == 403 and credentials(msg, "Authentication-Info") is not None
+    assert conn.security_associations == ()
+    with pytest.raises(StageError) as caught:
+        flow.receive(wire(msg), T)
+    assert caught.value.code == "4104" and flow.sa is None
+
+
+def test_answer_is_signed_only_under_the_sa_the_request_names(pki: Pki) -> None:
+    flow, conn = _signed_in(pki)
+    unavailable = [("ms-diagnostics", '4105;reason="Registrar unhealthy"')]
+    signed = conn.answer(wire(flow.refresh(T)), 503, "Service Unavailable", unavailable)
+    assert signed is not None and credentials(signed, "Authentication-Info") is not None
+    with pytest.raises(StageError) as caught:
+        flow.receive(wire(signed), T)
+    assert caught.value.code == "4105"
+    unsigned = conn.answer(wire(phone(pki).start()), 503, "Service Unavailable", unavailable)
+    assert unsigned is not None and credentials(unsigned, "Authentication-Info") is None
+    assert conn.answer(wire(flow.refresh(T)).without_header("Via"), 503, "Service Unavailable") is None
+
+
+class _Rows:
+    """A store whose certificate rows are given (two rows for one thumbprint, as two devices publish)."""
+
+    def __init__(self, rows: list[PublishedCert]) -> None:
+        self.rows = rows
+
+    def certificates(self, sip_uri: str) -> list[PublishedCert]:
+        return self.rows
+
+
+def test_a_thumbprint_with_any_revoked_row_is_revoked(pki: Pki) -> None:
+    cert = pki.alice
+    row = PublishedCert(
+        ALICE, "dev-a", thumbprint(cert), f"{cert.serial_number:x}",
+        cert.not_valid_before_utc, cert.not_valid_after_utc, T, cert.public_bytes(Encoding.DER),
+    )  # fmt: skip
+    rows = [row, replace(row, device_id="dev-b", revoked=True)]
+    check = client_checker(pki.ca.root, [pki.ca.issuing], _Rows(rows))
+    refusal = check([cert], ALICE, T)
+    assert refusal is not None and refusal[0] == 4101 and "revoked" in refusal[1]
+    assert client_checker(pki.ca.root, [pki.ca.issuing], _Rows([row]))([cert], ALICE, T) is None
+
+
+def test_certificate_aors_fall_back_to_the_cn(pki: Pki) -> None:
+    key = generate_key(2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Alice@Lab.Test")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(T)
+        .not_valid_after(T + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    assert certificate_aors(cert) == {"alice@lab.test"}
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier("sip:bob@lab.test")])
+    both = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(8)
+        .not_valid_before(T)
+        .not_valid_after(T + timedelta(days=1))
+        .add_extension(san, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    assert certificate_aors(both) == {"bob@lab.test"}  # a SAN URI wins: the CN is not consulted

@@ -3,20 +3,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.enroll import generate_key
 from agent.stages import StageError
 from agent.wire.regflow import Redirect, Registered, RegisterFlow
 from agent.wire.regmsg import REALM, add_auth_header, credentials, signed_fields
-from agent.wire.sip import SipMessage, build_response
+from agent.wire.sip import SipMessage, build_response, parse_name_addr
 from agent.wire.sipauth import format_auth_params, parse_ms_diagnostics
 from tests.agent.regpki import ALICE, BOB, POOL, STS, Pki, T, exchange, make_pki, phone, registrar, wire
 from tools.pool.ca import thumbprint
 from tools.pool.regcore import Handled, RegistrarConnection
+from tools.pool.store.contract import PublishedCert
 from tools.pool.store.sqlite import SqliteStore
 
 
@@ -219,7 +225,7 @@ def test_phone_wants_a_new_sa_five_minutes_before_the_registrar_drops_it(pki: Pk
         flow.refresh(done.sa_expires_at)
     later = done.sa_expires_at
     log: list[Handled] = []
-    again = exchange(flow, conn, flow.reauthenticate(), later, log=log)
+    again = exchange(flow, conn, flow.reauthenticate(later), later, log=log)
     assert isinstance(again, Registered) and again.sa_expires_at == later + timedelta(hours=8, minutes=-5)
     assert [h.messages[0].status for h in log] == [401, 401, 200]  # B, C, D: no A
     assert len(conn.security_associations) == 2
@@ -265,8 +271,12 @@ def test_revoked_certificate_is_4101(pki: Pki) -> None:
 
 
 def test_expired_certificate_is_4102(pki: Pki) -> None:
-    error = refused(pki, phone(pki, cert=pki.expired))
-    assert error.code == "4102"
+    """The registrar's clock is past the certificate, the phone's (1 h behind it) not yet."""
+    flow = phone(pki, cert=pki.expired)
+    phone_now = pki.expired.not_valid_after_utc - timedelta(hours=1)
+    with pytest.raises(StageError) as caught:
+        exchange(flow, registrar(pki), flow.start(), phone_now, server_now=T)
+    assert caught.value.code == "4102"
 
 
 def test_store_down_is_4104(pki: Pki, tmp_path: Path) -> None:
@@ -360,3 +370,201 @@ def test_ipv6_contact_is_bracketed(pki: Pki) -> None:
     a = flow.start()
     assert a.header("Contact") == "<sip:alice@[::1];transport=tls>"
     assert a.uri == "sip:lab.test"
+
+
+# --- regressions: expiry is the signed Expires header (both ends) ---------------------------------
+
+
+def _contact_expires(value: int) -> Callable[[SipMessage], SipMessage]:
+    """Give the 200's Contact (not covered by rspauth) an ``expires`` parameter."""
+
+    def tamper(msg: SipMessage) -> SipMessage:
+        contact = msg.header("Contact")
+        if msg.status != 200 or contact is None:
+            return msg
+        return msg.replace_header("Contact", f"<{parse_name_addr(contact).uri}>;expires={value}")
+
+    return tamper
+
+
+@pytest.mark.parametrize("value", [86400, 0, 900])
+def test_contact_expires_in_a_200_is_an_unsigned_expiry(pki: Pki, value: int) -> None:
+    flow = phone(pki)
+    with pytest.raises(StageError) as caught:
+        exchange(flow, registrar(pki), flow.start(), T, tamper=_contact_expires(value))
+    assert caught.value.code == "BAD_SIGNATURE" and "unsigned expiry" in caught.value.detail
+
+
+def test_contact_expires_agreeing_with_the_signed_header_is_fine(pki: Pki) -> None:
+    flow = phone(pki)
+    done = exchange(flow, registrar(pki), flow.start(), T, tamper=_contact_expires(600))
+    assert isinstance(done, Registered) and done.expires_s == 600
+
+
+def test_registrar_states_the_grant_in_the_signed_header_only(pki: Pki) -> None:
+    flow, conn = phone(pki), registrar(pki)
+    log: list[Handled] = []
+    exchange(flow, conn, flow.start(), T, log=log)
+    ok = log[-1].messages[0]
+    assert ok.status == 200 and ok.header("Expires") == "600"
+    contact = ok.header("Contact")
+    assert contact is not None and "expires" not in parse_name_addr(contact).params
+
+
+@pytest.mark.parametrize("param", ["0", "86400"])
+def test_signed_refresh_with_a_contradicting_contact_expires_is_400(pki: Pki, param: str) -> None:
+    """The Contact is not signed: ``;expires=0`` on a signed ``Expires: 600`` must not unbind."""
+    flow, conn, _ = signed_in(pki)
+    refresh = flow.refresh(T)
+    contact = refresh.header("Contact") or ""
+    tampered = refresh.replace_header("Contact", f"{contact};expires={param}")
+    handled = conn.handle(wire(tampered), T)
+    assert [m.status for m in handled.messages] == [400] and not handled.events
+    assert handled.outcome is not None and "unsigned expiry" in handled.outcome.detail
+    assert credentials(handled.messages[0], "Authentication-Info") is not None  # signed: the SA is named
+
+
+# --- regressions: every answer to a signed request is signed (§8.4) -------------------------------
+
+
+def _resign(conn: RegistrarConnection, msg: SipMessage) -> SipMessage:
+    """``msg`` signed anew by the registrar's SA, as a registrar that meant it would send it."""
+    (sa,) = conn.security_associations
+    unsigned = msg.without_header("Authentication-Info")
+    srand, snum, rspauth = sa.sign_outgoing(signed_fields(unsigned, REALM, POOL))
+    params = {"qop": "auth", "opaque": sa.sa_id, "srand": srand, "snum": snum, "rspauth": rspauth}
+    return add_auth_header(unsigned, "Authentication-Info", format_auth_params("TLS-DSK", params))
+
+
+def _refusal(request: SipMessage, status: int, code: int) -> SipMessage:
+    reason = {403: "Forbidden", 503: "Service Unavailable", 400: "Bad Request"}[status]
+    extra = [("ms-diagnostics", f'{code};reason="test"')] if code else []
+    return wire(build_response(request, status, reason, extra, to_tag="t1"))
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, 4101), (503, 4105), (400, 0)])
+def test_unsigned_refusal_of_a_signed_refresh_is_bad_signature(pki: Pki, status: int, code: int) -> None:
+    flow, _, _ = signed_in(pki)
+    with pytest.raises(StageError) as caught:
+        flow.receive(_refusal(flow.refresh(T), status, code), T)
+    assert caught.value.code == "BAD_SIGNATURE" and f"{status} " in caught.value.detail
+
+
+@pytest.mark.parametrize(("status", "code", "expected"), [(403, 4101, "4101"), (503, 4105, "4105")])
+def test_signed_refusal_of_a_refresh_is_taken(pki: Pki, status: int, code: int, expected: str) -> None:
+    flow, conn, _ = signed_in(pki)
+    answer = wire(_resign(conn, _refusal(flow.refresh(T), status, code)))
+    with pytest.raises(StageError) as caught:
+        flow.receive(answer, T)
+    assert caught.value.code == expected
+    assert (flow.sa is None) is (status == 403)  # §8.3: a 403 after D ends the SA; a 503 does not
+
+
+def test_badly_signed_refusal_is_bad_signature(pki: Pki) -> None:
+    flow, conn, _ = signed_in(pki)
+    answer = _flip_rspauth(_resign(conn, _refusal(flow.refresh(T), 403, 4101)))
+    with pytest.raises(StageError) as caught:
+        flow.receive(wire(answer), T)
+    assert caught.value.code == "BAD_SIGNATURE" and flow.sa is not None
+
+
+def test_unsigned_challenge_to_a_signed_refresh_starts_a_new_handshake(pki: Pki) -> None:
+    flow, _, _ = signed_in(pki)
+    challenge = ("WWW-Authenticate", f'TLS-DSK realm="{REALM}", targetname="{POOL}", version=4')
+    step = flow.receive(wire(build_response(flow.refresh(T), 401, "Unauthorized", [challenge], "t1")), T)
+    assert isinstance(step, SipMessage) and flow.state == "B"
+
+
+# --- regressions: revocation is re-checked on every signed REGISTER -------------------------------
+
+
+def test_revocation_takes_effect_at_the_next_refresh(pki: Pki) -> None:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice@lab.test")]))
+        .sign(pki.key, hashes.SHA256())
+    )
+    cert = pki.ca.issue_user_cert(csr, ALICE, 4320, T - timedelta(hours=1))
+    pki.store.publish(
+        PublishedCert(
+            ALICE, "dev-revoke-later", thumbprint(cert), f"{cert.serial_number:x}",
+            cert.not_valid_before_utc, cert.not_valid_after_utc, T, cert.public_bytes(Encoding.DER),
+        )
+    )  # fmt: skip
+    flow, conn = phone(pki, cert=cert), registrar(pki)
+    assert isinstance(exchange(flow, conn, flow.start(), T), Registered)
+    pki.store.revoke(thumbprint(cert))
+    log: list[Handled] = []
+    with pytest.raises(StageError) as caught:
+        exchange(flow, conn, flow.refresh(T), T, log=log)
+    assert caught.value.code == "4101" and "revoked" in caught.value.detail
+    assert not log[0].events and log[0].outcome is not None and log[0].outcome.code == "4101"
+    assert conn.security_associations == () and flow.sa is None  # both ends dropped the SA
+
+
+# --- regressions: certificates near their end, stray responses, odd answers -----------------------
+
+
+def test_certificate_with_under_5_min_left_is_cert_expiring(pki: Pki) -> None:
+    at = pki.expired.not_valid_after_utc - timedelta(minutes=4)
+    flow, conn = phone(pki, cert=pki.expired), registrar(pki)
+    log: list[Handled] = []
+    with pytest.raises(StageError) as caught:
+        exchange(flow, conn, flow.start(), at, log=log)
+    assert caught.value.code == "CERT_EXPIRING" and "re-provision" in caught.value.remedy.lower()
+    assert len(log) == 1  # only A went out: no TLS-DSK was started
+
+
+def test_reauthentication_with_an_expiring_certificate_is_cert_expiring(pki: Pki) -> None:
+    at = pki.expired.not_valid_after_utc - timedelta(hours=2)
+    flow, conn = phone(pki, cert=pki.expired), registrar(pki)
+    done = exchange(flow, conn, flow.start(), at)
+    assert isinstance(done, Registered)
+    with pytest.raises(StageError) as caught:
+        flow.reauthenticate(done.sa_expires_at)
+    assert caught.value.code == "CERT_EXPIRING"
+
+
+def test_response_without_cseq_is_ignored(pki: Pki) -> None:
+    flow = phone(pki)
+    a = flow.start()
+    stray = wire(build_response(a, 401, "Unauthorized", [], to_tag="t1").without_header("CSeq"))
+    assert flow.receive(stray, T) is None
+    assert flow.state == "A"
+
+
+def test_certificate_from_a_foreign_ca_is_4101(pki: Pki) -> None:
+    rogue_key = generate_key(2048)
+    rogue = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rogue Root")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice@lab.test")]))
+        .issuer_name(rogue)
+        .public_key(pki.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T - timedelta(days=1))
+        .not_valid_after(T + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ALICE)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(rogue_key, hashes.SHA256())
+    )
+    error = refused(pki, phone(pki, cert=cert))
+    assert error.code == "4101" and "not issued by the pool CA" in error.detail
+
+
+def test_200_to_an_unauthenticated_register_is_unexpected(pki: Pki) -> None:
+    flow = phone(pki)
+    ok = _answer(flow.start(), 200, "OK", ("Expires", "600"))
+    with pytest.raises(StageError) as caught:
+        flow.receive(ok, T)
+    assert caught.value.code == "UNEXPECTED" and "unauthenticated" in caught.value.detail
+
+
+def test_a_grant_of_0_s_is_unexpected(pki: Pki) -> None:
+    flow, conn, _ = signed_in(pki)
+    refresh = flow.refresh(T)
+    (ok,) = conn.handle(wire(refresh), T).messages
+    zero = _resign(conn, ok.without_header("Contact").replace_header("Expires", "0"))
+    with pytest.raises(StageError) as caught:
+        flow.receive(wire(zero), T)
+    assert caught.value.code == "UNEXPECTED" and "0 s" in caught.value.detail

@@ -36,7 +36,9 @@ def test_long_values_split_and_rejoin(values: dict[int, bytes]) -> None:
     st.binary(min_size=1, max_size=50),
     st.sampled_from([1, 2, 3]),
 )
-def test_overloaded_fields_continue_an_option(head: bytes, in_file: bytes, in_sname: bytes, overload: int) -> None:
+def test_overloaded_fields_continue_an_option(
+    head: bytes, in_file: bytes, in_sname: bytes, overload: int
+) -> None:
     """Option 43 split over the options field, ``file`` (overload 1/3) and ``sname`` (2/3), in that order."""
     file_field = (_tlv(43, in_file) + b"\xff").ljust(128, b"\x00") if overload & 1 else bytes(128)
     sname_field = (_tlv(43, in_sname) + b"\xff").ljust(64, b"\x00") if overload & 2 else bytes(64)

@@ -12,13 +12,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL, crypto
 
 from agent.stages import Stage
+from agent.wire import tlsdsk
 from agent.wire.sipsig import SecurityAssociation, SignedFields, sa_lifetime
 from agent.wire.tlsdsk import (
     AES_SUITES,
@@ -32,6 +34,10 @@ from agent.wire.tlsdsk import (
     derive_keys,
     gssapi_decode,
     gssapi_encode,
+)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Passing pyOpenSSL:DeprecationWarning"  # hostile certificates only OpenSSL can load
 )
 
 # Certificates are valid around T, which is long past by the system clock: OpenSSL's own date check must
@@ -450,16 +456,19 @@ def test_server_without_certificate_request_is_refused(pki: Pki) -> None:
         client.step(_pump(registrar, client.hello()))
 
 
-def test_a_failing_check_propagates_and_ends_the_handshake(pki: Pki) -> None:
-    """A bug in the caller's check is not dressed up as a TLS failure, and never counts as acceptance."""
+def test_a_failing_check_is_a_refusal_that_names_it_and_ends_the_handshake(pki: Pki) -> None:
+    """A bug in the caller's check never counts as acceptance nor escapes as a foreign exception: it is a
+    refusal whose reason names the exception."""
 
     def broken(chain: list[x509.Certificate]) -> bool:
         raise RuntimeError("trust store unreadable")
 
     client = TlsDskClient(pki.client, pki.client_key, broken)
     b = _server(pki).step(client.hello())
-    with pytest.raises(RuntimeError, match="trust store unreadable"):
+    with pytest.raises(TlsDskError) as refused:
         client.step(b)
+    assert refused.value.code == "SERVER_CERT_REFUSED"
+    assert refused.value.reason == "certificate check failed: RuntimeError: trust store unreadable"
     with pytest.raises(TlsDskError) as caught:
         client.finish(b)
     assert caught.value.code == "TLS_STATE"
@@ -597,3 +606,144 @@ def test_arbitrary_bytes_to_client_raise_only_the_typed_error(pki: Pki, data: by
     client.hello()
     with pytest.raises(TlsDskError):
         client.step(data)
+
+
+# --- hostile certificates: OpenSSL loads them, cryptography cannot parse them ---------------------
+
+
+def malformed(cert: x509.Certificate, version: int = 3) -> crypto.X509:
+    """``cert`` with its X.509 version INTEGER patched (3 = "v4"): OpenSSL loads it, cryptography refuses."""
+    der = cert.public_bytes(Encoding.DER)
+    at = der.index(b"\xa0\x03\x02\x01\x02")
+    loaded = crypto.load_certificate(
+        crypto.FILETYPE_ASN1, der[:at] + bytes([0xA0, 3, 2, 1, version]) + der[at + 5 :]
+    )
+    with pytest.raises(x509.InvalidVersion):
+        loaded.to_cryptography()
+    return loaded
+
+
+def _hostile(
+    role: str, cert: crypto.X509, key: rsa.RSAPrivateKey, extra: x509.Certificate | None = None
+) -> SSL.Connection:
+    """A plain OpenSSL peer presenting ``cert`` (TLS 1.2, RSA key exchange)."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_cipher_list(b"AES128-SHA:@SECLEVEL=0")
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.use_certificate(cert)
+    ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+    if extra is not None:
+        ctx.add_extra_chain_cert(extra)
+    ctx.set_verify(SSL.VERIFY_PEER if role == "server" else SSL.VERIFY_NONE, lambda *_: True)
+    conn = SSL.Connection(ctx, None)
+    if role == "server":
+        conn.set_accept_state()
+    else:
+        conn.set_connect_state()
+    return conn
+
+
+def _feed(conn: SSL.Connection, data: bytes | None) -> bytes:
+    """Like _pump, but a failing hostile peer just stops talking (b"")."""
+    try:
+        return _pump(conn, data)
+    except SSL.Error:
+        return b""
+
+
+def test_malformed_server_certificate_is_a_refusal(pki: Pki) -> None:
+    registrar = _hostile("server", malformed(pki.server_chain[0]), pki.server_key, extra=pki.issuing)
+    client = TlsDskClient(pki.client, pki.client_key, lambda chain: True)
+    with pytest.raises(TlsDskError) as caught:
+        client.step(_pump(registrar, client.hello()))
+    assert caught.value.code == "SERVER_CERT_REFUSED"
+    assert (caught.value.reason or "").startswith("malformed certificate: 3 is not a valid X509 version")
+
+
+def test_malformed_client_certificate_is_a_refusal(pki: Pki) -> None:
+    accepted: list[object] = []
+    phone = _hostile("client", malformed(pki.client), pki.client_key)
+    server = TlsDskServer(pki.server_chain, pki.server_key, lambda chain: accepted.append(chain))
+    with pytest.raises(TlsDskError) as caught:
+        server.step(_pump(phone, server.step(_pump(phone, None))))
+    assert caught.value.code == "CLIENT_CERT_REFUSED" and not server.done and accepted == []
+    assert (caught.value.reason or "").startswith("malformed certificate:")
+    assert server.refusal == caught.value.reason
+
+
+def test_client_goes_no_further_unless_the_check_ran(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If OpenSSL never asked the check for its final verdict, flight C must not go out."""
+    monkeypatch.setattr(tlsdsk._PeerCheck, "callback", lambda self, *args: True)
+    client = _client(pki)
+    b = TlsDskServer(pki.server_chain, pki.server_key, lambda chain: None).step(client.hello())
+    with pytest.raises(TlsDskError) as caught:
+        client.step(b)
+    assert caught.value.code == "SERVER_CERT_REFUSED" and "never checked" in caught.value.detail
+    with pytest.raises(TlsDskError):
+        client.finish(b)
+
+
+def test_server_goes_no_further_unless_the_check_ran(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tlsdsk._PeerCheck, "callback", lambda self, *args: True)
+    phone = _raw("client", TLS12, pki.client, pki.client_key)
+    server = _server(pki)
+    with pytest.raises(TlsDskError) as caught:
+        server.step(_pump(phone, server.step(_pump(phone, None))))
+    assert caught.value.code == "CLIENT_CERT_REFUSED" and not server.done
+
+
+_edits = st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=3)
+
+
+def _mutated(cert: x509.Certificate, edits: list[tuple[int, int]]) -> crypto.X509:
+    """``cert`` with a few bytes of its TBSCertificate replaced (the public key left alone, so the peer's
+    key still fits and the handshake gets as far as the certificate check), if OpenSSL still loads it."""
+    der = bytearray(cert.public_bytes(Encoding.DER))
+    tbs = cert.tbs_certificate_bytes
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    at_tbs, at_key = der.index(tbs), der.index(spki)
+    where = [i for i in range(at_tbs, at_tbs + len(tbs)) if not at_key <= i < at_key + len(spki)]
+    for at, value in edits:
+        der[where[at % len(where)]] = value
+    try:
+        return crypto.load_certificate(crypto.FILETYPE_ASN1, bytes(der))
+    except crypto.Error:
+        assume(False)
+        raise
+
+
+@_FUZZ
+@given(edits=_edits)
+def test_hostile_server_certificates_raise_only_the_typed_error(
+    pki: Pki, edits: list[tuple[int, int]]
+) -> None:
+    cert = _mutated(pki.server_chain[0], edits)
+    try:
+        registrar = _hostile("server", cert, pki.server_key, extra=pki.issuing)
+    except SSL.Error:
+        assume(False)
+        return
+    client = TlsDskClient(pki.client, pki.client_key, lambda chain: True)
+    with contextlib.suppress(TlsDskError):
+        client.finish(_feed(registrar, client.step(_feed(registrar, client.hello()))))
+
+
+@_FUZZ
+@given(edits=_edits)
+def test_hostile_client_certificates_raise_only_the_typed_error(
+    pki: Pki, edits: list[tuple[int, int]]
+) -> None:
+    cert = _mutated(pki.client, edits)
+    try:
+        phone = _hostile("client", cert, pki.client_key)
+    except SSL.Error:
+        assume(False)
+        return
+    server = _server(pki)
+    with contextlib.suppress(TlsDskError):
+        server.step(_feed(phone, server.step(_feed(phone, None))))
+        assert server.client_chain[0].public_bytes(Encoding.DER) == crypto.dump_certificate(
+            crypto.FILETYPE_ASN1, cert
+        )

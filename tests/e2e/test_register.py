@@ -16,6 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import crypto
 
 from agent.clocks import Clock, SystemClock
 from agent.diagnosis import diagnose
@@ -23,8 +24,10 @@ from agent.net import Resolver
 from agent.register import RegisterConfig, RegistrarSession, sign_in
 from agent.stages import StageError
 from agent.truststore import TrustStore
+from agent.wire.regflow import RegisterFlow
 from agent.wire.sip import SipMessage, SipStreamParser, encode
 from agent.wire.sipauth import format_auth_params
+from tests.agent.test_reg_hostile import malformed_der, register_with
 from tests.e2e.conftest import ALICE, Lab, start_lab
 from tools.pool.ca import thumbprint
 from tools.pool.registrar import Registrar
@@ -305,3 +308,147 @@ def test_connection_cap_and_stop_cut_idle_connections(
         registrar.stop()
         assert time.monotonic() - started < 2
         assert _until_closed(idle) == b""
+
+
+# --- regressions ----------------------------------------------------------------------------------
+
+
+def test_unregister_reaches_the_store(lab: Lab, phone: Phone, registrars: list[Registrar]) -> None:
+    registrar = start_registrar(lab, registrars)
+    session = phone.sign_in(registrar.port)
+    try:
+        assert lab.node.store.registrations(ALICE, lab.clock.now())
+        done = session.unregister()
+        assert done.expires_s == 0
+        assert not lab.node.store.registrations(ALICE, lab.clock.now())
+        assert session.tick(done.registered_at + timedelta(hours=1)) == "idle"  # no timers after it
+        lines = log_lines(lab, session.flow.call_id)
+        assert len(lines) == 2 and "result=ok code=200" in lines[1] and "unbound" in lines[1]
+    finally:
+        session.close()
+
+
+def test_unregister_after_the_sa_ended_reauthenticates_first(
+    lab: Lab, phone: Phone, registrars: list[Registrar]
+) -> None:
+    clock = FastClock(lab.clock.now())
+    registrar = start_registrar(lab, registrars, now=clock)
+    session = phone.sign_in(registrar.port, clock=clock)
+    try:
+        old = session.flow.sa
+        clock.sleep((session.registered.sa_expires_at - clock.now()).total_seconds())
+        done = session.unregister()
+        assert done.expires_s == 0 and session.flow.sa is not None and old is not None
+        assert session.flow.sa.sa_id != old.sa_id
+    finally:
+        session.close()
+
+
+def test_unhealthy_registrar_signs_its_503_to_a_refresh(
+    lab: Lab, phone: Phone, registrars: list[Registrar]
+) -> None:
+    clock = FastClock(lab.clock.now())
+    registrar = start_registrar(lab, registrars, now=clock)
+    session = phone.sign_in(registrar.port, clock=clock)
+    try:
+        registrar.unhealthy = True
+        with pytest.raises(StageError) as caught:  # an unsigned 503 would be BAD_SIGNATURE after D
+            session.tick(session.registered.refresh_at)
+        assert caught.value.code == "4105"
+    finally:
+        session.close()
+
+
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+def test_malformed_client_certificate_is_403_4101_and_logged(
+    lab: Lab, phone: Phone, registrars: list[Registrar], tmp_path: Path
+) -> None:
+    registrar = start_registrar(lab, registrars)
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(lab.node.ca.root.public_bytes(Encoding.PEM))
+    first = RegisterFlow(
+        ALICE, phone.fqdn, registrar.port, phone.cert, phone.key, lambda chain: True, contact_host="127.0.0.1"
+    ).start()
+    bad = crypto.load_certificate(crypto.FILETYPE_ASN1, malformed_der(phone.cert))
+    with _tls(lab, registrar.port, root_file) as conn:
+        parser = SipStreamParser()
+
+        def send(msg: SipMessage) -> list[SipMessage]:
+            conn.sendall(encode(msg))
+            while True:
+                data = conn.recv(65536)
+                assert data, "the registrar dropped the connection without an answer"
+                got = parser.feed(data)
+                if got:
+                    return got
+
+        answer = register_with(send, first, bad, phone.key)
+    assert answer.status == 403 and (answer.header("ms-diagnostics") or "").startswith("4101;")
+    (line,) = log_lines(lab, first.header("Call-ID") or "")
+    assert "result=failed code=4101" in line and "malformed certificate" in line
+
+
+def _closed_within(conn: ssl.SSLSocket, seconds: float, feed: Iterator[bytes]) -> float | None:
+    """Send ``feed``'s chunks every 0.05 s until the registrar closes; how long that took, or None."""
+    started = time.monotonic()
+    conn.settimeout(0.05)
+    while time.monotonic() - started < seconds:
+        try:
+            conn.sendall(next(feed))
+            if conn.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (OSError, ssl.SSLError):
+            return time.monotonic() - started
+    return None
+
+
+def _repeat(chunk: bytes) -> Iterator[bytes]:
+    while True:
+        yield chunk
+
+
+def test_no_sa_within_the_setup_deadline_closes_despite_keepalives(
+    lab: Lab, registrars: list[Registrar], tmp_path: Path
+) -> None:
+    registrar = start_registrar(lab, registrars, setup_timeout_s=0.5, idle_timeout_s=5.0)
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(lab.node.ca.root.public_bytes(Encoding.PEM))
+    with _tls(lab, registrar.port, root_file) as conn:
+        took = _closed_within(conn, 3.0, _repeat(b"\r\n\r\n"))  # keep-alives reset an idle timer
+    assert took is not None and took < 2.0
+
+
+def test_a_trickled_message_is_cut_at_the_header_deadline(
+    lab: Lab, registrars: list[Registrar], tmp_path: Path
+) -> None:
+    registrar = start_registrar(lab, registrars, header_timeout_s=0.3, setup_timeout_s=10.0)
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(lab.node.ca.root.public_bytes(Encoding.PEM))
+    lines = (f"X-Slow-{n}: a\r\n".encode() for n in range(1000))
+    with _tls(lab, registrar.port, root_file) as conn:
+        conn.sendall(b"REGISTER sip:lab.test SIP/2.0\r\n")
+        took = _closed_within(conn, 3.0, lines)
+    assert took is not None and took < 1.5
+
+
+def test_setup_deadline_ends_once_an_sa_exists(lab: Lab, phone: Phone, registrars: list[Registrar]) -> None:
+    clock = FastClock(lab.clock.now())
+    registrar = start_registrar(lab, registrars, now=clock, setup_timeout_s=0.3)
+    session = phone.sign_in(registrar.port, clock=clock)
+    try:
+        time.sleep(0.6)
+        assert session.tick(session.registered.refresh_at) == "refreshed"
+    finally:
+        session.close()
+
+
+def test_connections_per_address_are_capped(lab: Lab, registrars: list[Registrar], tmp_path: Path) -> None:
+    registrar = start_registrar(lab, registrars, max_per_ip=2)
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(lab.node.ca.root.public_bytes(Encoding.PEM))
+    with _tls(lab, registrar.port, root_file), _tls(lab, registrar.port, root_file):
+        with socket.create_connection(("127.0.0.1", registrar.port), timeout=5) as extra:
+            _until_closed_plain(extra)  # the third from 127.0.0.1: closed at once
+        assert registrar.refused_connections == 1 and registrar.connections == 2

@@ -45,7 +45,7 @@ from agent.wire.regmsg import (
     signed_fields,
 )
 from agent.wire.sip import SipMessage, build_response, parse_name_addr
-from agent.wire.sipauth import format_auth_params, format_ms_diagnostics
+from agent.wire.sipauth import format_auth_params, format_ms_diagnostics, has_control
 from agent.wire.sipsig import SCHEME, SecurityAssociation
 from agent.wire.tlsdsk import TlsDskError, TlsDskServer, gssapi_decode, gssapi_encode
 from tools.pool.regtypes import (
@@ -184,8 +184,7 @@ class RegistrarConnection:
         """A 403 with ms-diagnostics for ``request``, signed under the SA it names (which it ends); for the
         I/O layer when the store refuses the binding this core granted."""
         held = self._sa_of(request)
-        diag = format_ms_diagnostics(code, reason)
-        msg = self._respond(request, 403, "Forbidden", [("ms-diagnostics", diag)], held)
+        msg = self._respond(request, 403, "Forbidden", [("ms-diagnostics", _diagnostics(code, reason))], held)
         self._drop(held)
         return msg
 
@@ -377,7 +376,7 @@ class RegistrarConnection:
 
     def _refused(self, request: SipMessage, aor: str, refusal: _Refuse) -> Handled:
         code, reason = refusal.diag
-        extra = [("ms-diagnostics", format_ms_diagnostics(code, reason))]
+        extra = [("ms-diagnostics", _diagnostics(code, reason))]
         try:
             msg = self._respond(request, 403, "Forbidden", extra, refusal.held)
         except WireError as exc:
@@ -411,6 +410,11 @@ class RegistrarConnection:
             opaque = secrets.token_hex(4).upper()
             if opaque not in self._pending and opaque not in self._sas:
                 return opaque
+
+
+def _diagnostics(code: int, reason: str) -> str:
+    """ms-diagnostics whose reason may quote a hostile certificate's names: control characters become '?'."""
+    return format_ms_diagnostics(code, "".join("?" if has_control(c) else c for c in reason))
 
 
 def _aor(request: SipMessage) -> str:

@@ -2,11 +2,19 @@
 connection, the TLS-DSK logic in :class:`tools.pool.regcore.RegistrarConnection` (protocol.md §8).
 
 What a phone sends can close its own connection, never the registrar: unparseable bytes, an oversized
-header section or a bad flight end that connection (after a 400 when the message itself parsed); a cap on
-live connections and a read timeout bound what idle or slow peers can hold. Every REGISTER outcome (not
-the handshake's intermediate 401s) is one provisioning-log line: stage REGISTER, result, code, AOR.
+header section or a bad flight end that connection (after a 400 when the message itself parsed). What idle,
+slow or numerous peers can hold is bounded (all constructor parameters):
 
-``unhealthy`` is the lab's failure 2: every REGISTER gets ``503`` with ms-diagnostics 4105 (ours).
+- ``max_connections`` live connections, ``max_per_ip`` of them from one address. A connection over either
+  cap is closed at once, before TLS, with one warning line (no SIP answer: that would need the TLS
+  handshake the cap exists to avoid);
+- ``handshake_timeout_s`` for the TLS handshake, and ``setup_timeout_s`` from accept until the connection
+  holds its first TLS-DSK SA (keep-alives do not extend it); after that ``idle_timeout_s`` between reads;
+- ``header_timeout_s`` from a message's first byte until it is complete, so trickled bytes cannot pin it.
+
+Every REGISTER outcome (not the handshake's intermediate 401s) is one provisioning-log line: stage
+REGISTER, result, code, AOR. ``unhealthy`` is the lab's failure 2: every REGISTER gets ``503`` with
+ms-diagnostics 4105 (ours), signed when the request names an SA of its connection.
 ``redirect_to`` makes this registrar a first-contact pool that sends phones to their home pool (301).
 """
 
@@ -17,6 +25,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -25,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.stages import Stage, WireError, one_line
-from agent.wire.sip import SipMessage, SipStreamParser, build_response, encode, parse_name_addr
+from agent.wire.sip import SipMessage, SipStreamParser, encode, parse_name_addr
 from agent.wire.sipauth import format_ms_diagnostics
 from tools.pool.ca import PoolCA
 from tools.pool.errors import ConfigError, PoolError, StoreUnavailable
@@ -66,14 +75,18 @@ class Registrar:
         redirect_to: tuple[str, int] | None = None,
         policy: ExpiryPolicy | None = None,
         max_connections: int = 64,
+        max_per_ip: int = 8,
         idle_timeout_s: float = 960.0,
         handshake_timeout_s: float = 10.0,
+        setup_timeout_s: float = 30.0,
+        header_timeout_s: float = 10.0,
     ) -> None:
         self.fqdn, self.sts_uri, self.ca, self.store, self.node = fqdn, sts_uri, ca, store, node
         self.now, self.provlog = now, log
         self.redirect_to, self.policy = redirect_to, policy or ExpiryPolicy()
-        self.max_connections, self.idle_timeout_s = max_connections, idle_timeout_s
-        self.handshake_timeout_s = handshake_timeout_s
+        self.max_connections, self.max_per_ip = max_connections, max_per_ip
+        self.idle_timeout_s, self.handshake_timeout_s = idle_timeout_s, handshake_timeout_s
+        self.setup_timeout_s, self.header_timeout_s = setup_timeout_s, header_timeout_s
         self.unhealthy = False
         self._tls_chain, self._tls_key = _load_identity(ca)
         self._check = client_checker(ca.root, [ca.issuing], store)
@@ -126,21 +139,31 @@ class Registrar:
                 if self._stop.is_set():
                     return
                 continue
-            peer = _Peer(raw, f"{addr[0]}:{addr[1]}", self._serve)
+            peer = _Peer(raw, str(addr[0]), f"{addr[0]}:{addr[1]}", self._serve)
             with self._lock:
-                full = len(self._live) >= self.max_connections
-                if not full:
+                why = self._over_cap(peer.ip)
+                if why is None:
                     self._live.add(peer)
-            if full:
+            if why is not None:
                 self.refused_connections += 1
-                log.warning("registrar: %d connections open, refusing %s", self.max_connections, peer.name)
-                raw.close()
+                log.warning("registrar: refusing %s: %s", peer.name, why)
+                with contextlib.suppress(OSError):
+                    raw.close()
                 continue
             peer.thread.start()
 
+    def _over_cap(self, ip: str) -> str | None:
+        """Why a new connection from ``ip`` is one too many (caller holds the lock), or None."""
+        if len(self._live) >= self.max_connections:
+            return f"{self.max_connections} connections open"
+        if sum(1 for p in self._live if p.ip == ip) >= self.max_per_ip:
+            return f"{self.max_per_ip} connections from {ip} open"
+        return None
+
     def _serve(self, peer: _Peer) -> None:
+        setup_deadline = time.monotonic() + self.setup_timeout_s
         try:
-            peer.sock.settimeout(self.handshake_timeout_s)
+            peer.sock.settimeout(min(self.handshake_timeout_s, self.setup_timeout_s))
             tls = self._ctx.wrap_socket(peer.sock, server_side=True, do_handshake_on_connect=False)
             peer.sock = tls
             if self._stop.is_set():
@@ -150,8 +173,7 @@ class Registrar:
             except (OSError, ssl.SSLError) as exc:
                 log.info("registrar: TLS handshake with %s failed: %s", peer.name, one_line(exc))
                 return
-            tls.settimeout(self.idle_timeout_s)
-            self._converse(tls, peer.name)
+            self._converse(tls, peer.name, setup_deadline)
         except Exception:  # a bug must end this connection only, and be seen
             log.exception("registrar: connection %s failed", peer.name)
         finally:
@@ -160,7 +182,7 @@ class Registrar:
             with contextlib.suppress(OSError):
                 peer.sock.close()
 
-    def _converse(self, tls: ssl.SSLSocket, peer: str) -> None:
+    def _converse(self, tls: ssl.SSLSocket, peer: str, setup_deadline: float) -> None:
         core = RegistrarConnection(
             self.fqdn,
             self.sts_uri(),
@@ -171,10 +193,19 @@ class Registrar:
             redirect_to=self.redirect_to,
         )
         parser = SipStreamParser()
+        timer = _Deadlines(self, setup_deadline)
         while not self._stop.is_set():
+            timer.established = timer.established or bool(core.security_associations)
+            left, why = timer.next()
             try:
+                if left <= 0:
+                    raise TimeoutError
+                tls.settimeout(left)
                 data = tls.recv(65536)
-            except (OSError, ssl.SSLError):  # timeouts included
+            except TimeoutError:
+                log.info("registrar: closing %s: %s", peer, why)
+                return
+            except (OSError, ssl.SSLError):
                 return
             if not data:
                 return
@@ -183,6 +214,7 @@ class Registrar:
             except WireError as exc:
                 log.info("registrar: closing %s: %s", peer, exc.detail)
                 return
+            timer.fed(parser.buffered > 0, bool(messages))
             for msg in messages:
                 handled = self._handle(core, msg)
                 try:
@@ -198,7 +230,7 @@ class Registrar:
     def _handle(self, core: RegistrarConnection, msg: SipMessage) -> Handled:
         now = self.now()
         if self.unhealthy and msg.method == "REGISTER":
-            return self._unavailable(msg)
+            return self._unavailable(core, msg)
         handled = core.handle(msg, now)
         if handled.events:
             handled = self._store(core, msg, handled)
@@ -233,14 +265,13 @@ class Registrar:
             Registration(event.aor, event.contact, event.thumbprint, self.node, event.at, event.expires_at)
         )
 
-    def _unavailable(self, msg: SipMessage) -> Handled:
+    def _unavailable(self, core: RegistrarConnection, msg: SipMessage) -> Handled:
         diag = ("ms-diagnostics", format_ms_diagnostics(REGISTRAR_UNHEALTHY, "Registrar unhealthy"))
         aor = _from_uri(msg)
         outcome = Outcome("failed", str(REGISTRAR_UNHEALTHY), aor, "registrar marked unhealthy")
         self._log(msg, outcome)
-        try:
-            answer = build_response(msg, 503, "Service Unavailable", [diag])
-        except WireError:
+        answer = core.answer(msg, 503, "Service Unavailable", [diag])
+        if answer is None:
             return Handled((), (), outcome, close=True)
         return Handled((answer,), (), outcome)
 
@@ -253,11 +284,40 @@ class Registrar:
         )
 
 
-class _Peer:
-    """One accepted connection: its socket (replaced by the TLS one once wrapped) and its thread."""
+class _Deadlines:
+    """Which deadline a connection's next read must meet: setup (no SA yet), message (one half-received),
+    idle; and why, for the log line when it passes. Monotonic time: these bound real waits."""
 
-    def __init__(self, sock: socket.socket, name: str, serve: Callable[[_Peer], None]) -> None:
-        self.sock, self.name = sock, name
+    def __init__(self, registrar: Registrar, setup_deadline: float) -> None:
+        self._r, self._setup = registrar, setup_deadline
+        self.established = False
+        self._partial_since: float | None = None
+
+    def next(self) -> tuple[float, str]:
+        """Seconds left until the nearest deadline, and what passing it means."""
+        now, r = time.monotonic(), self._r
+        options = [(now + r.idle_timeout_s, f"idle for {r.idle_timeout_s:g} s")]
+        if not self.established:
+            options.append((self._setup, f"no TLS-DSK SA within {r.setup_timeout_s:g} s of accept"))
+        if self._partial_since is not None:
+            late = self._partial_since + r.header_timeout_s
+            options.append((late, f"message incomplete {r.header_timeout_s:g} s after its first byte"))
+        deadline, why = min(options)
+        return deadline - now, why
+
+    def fed(self, partial: bool, completed: bool) -> None:
+        """After data came in: is a message half-received, and did this data complete any?"""
+        if not partial:
+            self._partial_since = None
+        elif completed or self._partial_since is None:
+            self._partial_since = time.monotonic()
+
+
+class _Peer:
+    """One accepted connection: its address, its socket (replaced by the TLS one once wrapped), its thread."""
+
+    def __init__(self, sock: socket.socket, ip: str, name: str, serve: Callable[[_Peer], None]) -> None:
+        self.sock, self.ip, self.name = sock, ip, name
         self.thread = threading.Thread(target=serve, args=(self,), name=f"registrar-{name}", daemon=True)
 
     def cut(self) -> None:
