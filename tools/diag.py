@@ -18,7 +18,7 @@ from agent.diagnosis import Diagnosis
 from agent.net import PhoneHttp, Resolver
 from agent.register import RegisterConfig, sign_in
 from agent.runner import StageFailed, StageRunner
-from agent.stages import Stage, StageResult
+from agent.stages import AgentError, Stage, StageResult
 from agent.trust import establish_trust
 from agent.truststore import TrustStore
 
@@ -161,4 +161,9 @@ def _run(
             f"registered with {s.registered.registrar}:{s.registered.port} for {s.registered.expires_s} s"
         ),
     )
-    session.close()
+    try:
+        session.unregister()  # a synthetic transaction leaves no binding behind
+    except AgentError:
+        pass  # the sign-in itself succeeded; a failed clean-up must not turn it into a failure
+    finally:
+        session.close()

@@ -59,7 +59,7 @@ def test_success_registers_with_a_throwaway_key(
         "REGISTER",
     ]
     assert len(lab.node.store.certificates(ALICE)) == before + 1  # published for a new device id
-    assert lab.node.store.registrations(ALICE, lab.clock.now())
+    assert lab.node.store.registrations(ALICE, lab.clock.now()) == []  # and it unregistered afterwards
 
 
 def test_wrong_password_fails_at_web_ticket_with_exit_1(
