@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from cryptography import x509
@@ -24,7 +24,7 @@ from agent.dns import Dns, ntp_srv
 from agent.net import PhoneHttp, Resolver
 from agent.register import RegisterConfig, RegistrarSession, sign_in
 from agent.runner import StageFailed, StageRunner
-from agent.stages import Stage, StageError, StageResult
+from agent.stages import X509_ERRORS, Stage, StageError, StageResult
 from agent.trust import TrustResult, establish_trust
 from agent.truststore import TrustStore
 from agent.wire.regflow import Registered
@@ -58,6 +58,30 @@ class PhoneConfig:
     key_bits: int = 2048
     registrar_port: int = 5061
     register_expires_s: int = 600
+
+
+@dataclass(frozen=True)
+class StoredIdentity:
+    """What a previous boot left: key, certificate and the intermediates validated then (boot/ loads it)."""
+
+    key: rsa.RSAPrivateKey = field(repr=False)
+    certificate: x509.Certificate
+    intermediates: tuple[x509.Certificate, ...] = ()
+
+    def sip_uri(self) -> str | None:
+        try:
+            san = self.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except X509_ERRORS + (x509.ExtensionNotFound,):
+            return None
+        uris = [
+            str(u)
+            for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if str(u).startswith("sip:")
+        ]
+        return uris[0] if uris else None
+
+
+REUSE_MARGIN = timedelta(hours=1)  # protocol.md §2: a stored certificate with ≥ 1 h left skips stages 3–6
 
 
 @dataclass
@@ -99,9 +123,14 @@ class Phone:
         clock: Clock,
         on_key: Callable[[rsa.RSAPrivateKey], object] | None = None,
         on_stage: Callable[[StageResult], None] | None = None,
+        stored: StoredIdentity | None = None,
+        key_source: Callable[[], rsa.RSAPrivateKey] | None = None,
     ) -> None:
+        """``stored``: an identity from an earlier boot (used when still valid); ``key_source``: where the new key
+        comes from (boot/ starts key generation at power-on so it overlaps the network stages)."""
         self.cfg, self.trust, self.clock = cfg, trust, clock
-        self.on_key = on_key
+        self.on_key, self.stored = on_key, stored
+        self.key_source = key_source or (lambda: enroll.generate_key(cfg.key_bits))
         self.runner = StageRunner(clock, on_stage)
         self.resolver = Resolver({k.lower(): v for k, v in cfg.hosts.items()})
 
@@ -155,6 +184,10 @@ class Phone:
             lambda t: f"{t.server} ({t.source}): offset {t.offset_s:+.3f} s, delay {t.delay_s * 1000:.1f} ms",
         )
         now = synced.clock.now
+        if self._reuse(p, now()):
+            assert self.stored is not None
+            self._register(p, found, self.stored.intermediates, synced)
+            return
         trusted = p.trust = self.runner.run(
             Stage.ROOT_CHAIN,
             lambda: establish_trust(self.trust, http, found.certprov_url, now(), cfg.anon_http_port),
@@ -167,9 +200,24 @@ class Phone:
                 break
             except enroll.TicketRejected:
                 continue
-        self._register(p, found, trusted, synced)
+        self._register(p, found, trusted.intermediates, synced)
 
-    def _register(self, p: _Progress, found: Discovery, trusted: TrustResult, synced: TimeSync) -> None:
+    def _reuse(self, p: _Progress, now: datetime) -> bool:
+        """A stored certificate with ≥ 1 h left (at the phone's synchronised time) skips ROOT_CHAIN … CERT_PUBLISH."""
+        stored = self.stored
+        if stored is None or stored.certificate.not_valid_after_utc - now < REUSE_MARGIN:
+            return False
+        if stored.certificate.not_valid_before_utc > now or stored.sip_uri() is None:
+            return False
+        p.key, p.certificate, p.sip_uri = stored.key, stored.certificate, stored.sip_uri()
+        until = f"stored certificate valid until {stored.certificate.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
+        for stage in (Stage.ROOT_CHAIN, Stage.WEB_TICKET, Stage.CERT_REQUEST, Stage.CERT_PUBLISH):
+            self.runner.record(StageResult(stage, "skipped", detail=until))
+        return True
+
+    def _register(
+        self, p: _Progress, found: Discovery, intermediates: tuple[x509.Certificate, ...], synced: TimeSync
+    ) -> None:
         """REGISTER with TLS-DSK and the new certificate; SIGNED_IN once the registrar confirmed it."""
         cfg = self.cfg
         cert, key, aor = p.certificate, p.key, p.sip_uri
@@ -182,9 +230,7 @@ class Phone:
                 )
             port = found.registrar_port or cfg.registrar_port
             rcfg = RegisterConfig(found.registrar_fqdn, port, cfg.register_expires_s)
-            return sign_in(
-                rcfg, self.trust, self.resolver, trusted.intermediates, cert, key, aor, synced.clock
-            )
+            return sign_in(rcfg, self.trust, self.resolver, intermediates, cert, key, aor, synced.clock)
 
         p.session = self.runner.run(
             Stage.REGISTER,
@@ -229,7 +275,7 @@ class Phone:
         p.sip_uri = held.sip_uri
 
         def request() -> tuple[rsa.RSAPrivateKey, bytes, str]:
-            key = p.key = enroll.generate_key(cfg.key_bits)
+            key = p.key = self.key_source()
             if self.on_key:
                 self.on_key(key)  # stored before the CSR leaves: never a certificate for a lost key
             cert_der, request_id = enroll.get_and_publish(

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from agent.clocks import SystemClock
+from agent.phone import Phone, StoredIdentity
 from agent.stages import Stage
 from tests.e2e.conftest import ALICE, ALICE_NUMBER, ALICE_PIN, Lab, start_lab
 from tools.pool.ca import thumbprint
@@ -149,3 +151,30 @@ def test_no_secret_in_any_log(
         ALICE_NUMBER in (lab.logs / "provisioning.log").read_text()
         or ALICE in (lab.logs / "provisioning.log").read_text()
     )
+
+
+def test_a_stored_certificate_skips_provisioning_and_registers(lab: Lab) -> None:
+    first = lab.boot()
+    assert first.ok and first.key is not None and first.certificate is not None and first.trust is not None
+    stored = StoredIdentity(first.key, first.certificate, first.trust.intermediates)
+    phone = Phone(lab.phone_config(), lab.trust(), SystemClock(), stored=stored)
+    run = phone.run()
+    assert run.ok, run.diagnosis
+    outcome = {r.stage.value: r.result for r in run.results}
+    assert [outcome[s] for s in ("ROOT_CHAIN", "WEB_TICKET", "CERT_REQUEST", "CERT_PUBLISH")] == [
+        "skipped"
+    ] * 4
+    assert outcome["REGISTER"] == "ok" and run.certificate == first.certificate
+    assert len(lab.node.store.certificates(ALICE)) == 1  # nothing new issued
+
+
+def test_a_certificate_with_under_an_hour_left_is_replaced(lab: Lab) -> None:
+    first = lab.boot()
+    assert first.ok and first.key is not None and first.certificate is not None and first.trust is not None
+    left = first.certificate.not_valid_after_utc - lab.clock.now()
+    lab.clock.shift = left - timedelta(minutes=30)  # the pool (and so the phone's SNTP time) near expiry
+    stored = StoredIdentity(first.key, first.certificate, first.trust.intermediates)
+    run = Phone(lab.phone_config(), lab.trust(), SystemClock(), stored=stored).run()
+    assert run.ok, run.diagnosis
+    assert run.certificate is not None and run.certificate != first.certificate
+    assert {r.stage.value: r.result for r in run.results}["CERT_PUBLISH"] == "ok"
