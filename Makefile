@@ -51,3 +51,6 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) certs/build .pytest_cache .mypy_cache .hypothesis
+
+# make install / make uninstall (DESTDIR, PREFIX): the phone's venv, unit, config example, gadget, udev
+include boot/install.mk

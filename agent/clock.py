@@ -7,7 +7,6 @@ with an unsynchronised clock.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -89,10 +88,14 @@ def _candidates(
 def _apply(
     synced: TimeSync, cfg: TimeConfig, clock: Clock, set_clock: Callable[[float], None] | None
 ) -> TimeSync:
-    """Set the system clock when configured and allowed; otherwise the offset stays in ``synced.clock``."""
-    if not cfg.set_system_clock or (set_clock is None and os.geteuid() != 0):
+    """Set the system clock when configured and allowed (root or CAP_SYS_TIME); otherwise — or when the kernel
+    says no — the offset stays in ``synced.clock`` and every certificate check uses it."""
+    if not cfg.set_system_clock:
         return synced
-    (set_clock or _set_system_clock)(clock.now().timestamp() + synced.offset_s)
+    try:
+        (set_clock or _set_system_clock)(clock.now().timestamp() + synced.offset_s)
+    except PermissionError:
+        return replace(synced, source=f"{synced.source}, offset kept (not allowed to set the clock)")
     return replace(synced, clock=OffsetClock(clock, 0.0), source=f"{synced.source}, system clock set")
 
 

@@ -71,7 +71,9 @@ class StoredIdentity:
     def sip_uri(self) -> str | None:
         try:
             san = self.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except X509_ERRORS + (x509.ExtensionNotFound,):
+        except x509.ExtensionNotFound:
+            return None
+        except X509_ERRORS:
             return None
         uris = [
             str(u)

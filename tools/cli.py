@@ -17,12 +17,15 @@ from typing import NoReturn
 
 import certs
 from agent.stages import AgentError
+from boot.config import ConfigError as AgentConfigError
 from tools import demo, report
 from tools.pool import config as pool_config
 from tools.pool.errors import PoolError
 from tools.pool.pinpolicy import hash_pin
 from tools.pool.store import open_store
 from tools.pool.users import add_user
+
+EX_CONFIG = 78  # sysexits.h
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +64,18 @@ def _build() -> argparse.ArgumentParser:
     lst = csub.add_parser("list", help="list the extra lab roots")
     lst.add_argument("--roots-dir", type=Path, default=certs.ROOTS_DIR)
     lst.add_argument("--json", action="store_true")
+
+    bt = sub.add_parser(
+        "boot",
+        help="the phone's firmware entry (run by systemd): sign in and stay signed in",
+        description="Sign in as configured in agent.toml, stay signed in, renew, retry; report to systemd "
+        "(sd_notify) and on the local status endpoint.",
+    )
+    bt.add_argument("--config", type=Path, default=Path("/etc/phoneprov/agent.toml"))
+    bt.add_argument("--once", action="store_true", help="one sign-in attempt, then exit (0 = signed in)")
+    st = sub.add_parser("status", help="what the phone is doing: stage, certificate, expiry, last error")
+    st.add_argument("--url", default="http://127.0.0.1:8765/status")
+    st.add_argument("--json", action="store_true")
 
     dc = sub.add_parser(
         "dhcp-config",
@@ -147,10 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _discover(args)
         if args.command == "dhcp-config":
             return _dhcp_config(args)
+        if args.command == "boot":
+            from tools.bootcmd import boot_main
+
+            return boot_main(args.config, once=args.once)
+        if args.command == "status":
+            from tools.bootcmd import status_main
+
+            return status_main(args.url, as_json=args.json)
         return _pool(args)
     except PoolError as exc:
         print(f"phoneprov: error: {exc.detail}", file=sys.stderr)
         return 2
+    except AgentConfigError as exc:
+        print(f"phoneprov: error: {exc}", file=sys.stderr)
+        return EX_CONFIG  # the unit's RestartPreventExitStatus: a broken agent.toml is not retried
     except (AgentError, certs.RootError, ValueError, OSError) as exc:
         print(f"phoneprov: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,131 @@
+"""The boot sequence against a real lab pool: resume, renewal, retries, staying signed in."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from agent.clocks import SystemClock
+from boot.sequence import Boot
+from boot.store import StateStore
+from tests.boot.lab import agent_config
+from tests.e2e.conftest import ALICE, Lab
+from tools.pool.store.sqlite import StoreBlocker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class FastClock(SystemClock):
+    """Real time plus whatever the code under test 'slept': timers fire without waiting."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta()
+
+    def now(self) -> datetime:
+        return super().now() + self.ahead
+
+    def sleep(self, seconds: float) -> None:
+        self.ahead += timedelta(seconds=seconds)
+
+
+def stages(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {r.stage.value: r.result for r in run.results}
+
+
+def test_cold_boot_then_resume_goes_straight_to_register(lab: Lab, tmp_path: Path) -> None:
+    cfg = agent_config(lab, tmp_path / "state")
+    first = Boot(cfg).attempt()
+    assert first.ok, first.diagnosis
+    first.session.close()  # type: ignore[union-attr]
+    store = StateStore(tmp_path / "state")
+    identity = store.load_identity()
+    assert identity is not None and identity.certificate == first.certificate
+    device = store.device_id()
+    again = Boot(cfg).attempt()
+    assert again.ok, again.diagnosis
+    again.session.close()  # type: ignore[union-attr]
+    assert stages(again)["CERT_REQUEST"] == "skipped" and stages(again)["REGISTER"] == "ok"
+    assert StateStore(tmp_path / "state").device_id() == device
+    assert len(lab.node.store.certificates(ALICE)) == 1
+
+
+def test_mismatched_key_and_certificate_reprovision(lab: Lab, tmp_path: Path) -> None:
+    cfg = agent_config(lab, tmp_path / "state")
+    first = Boot(cfg).attempt()
+    first.session.close()  # type: ignore[union-attr]
+    from agent.enroll import generate_key
+
+    StateStore(tmp_path / "state").save_key(generate_key())  # a key that is not the certificate's
+    again = Boot(cfg).attempt()
+    assert again.ok and stages(again)["CERT_REQUEST"] == "ok"
+    again.session.close()  # type: ignore[union-attr]
+
+
+def test_stays_signed_in_and_reregisters_on_time(lab: Lab, tmp_path: Path) -> None:
+    clock = FastClock()
+    boot = Boot(agent_config(lab, tmp_path / "state"), clock=clock)
+    until = clock.now() + timedelta(minutes=35)
+    code = boot.run(until=until)
+    try:
+        assert code == 0 and boot.session is not None
+        assert clock.now() >= until
+        assert boot.status.snapshot()["state"] == "signed-in"
+        reg = boot.session.registered
+        assert reg.registered_at > clock.now() - timedelta(minutes=10)  # refreshed, not the first binding
+    finally:
+        boot.session.close()  # type: ignore[union-attr]
+
+
+def test_transient_failure_is_retried_then_signs_in(lab: Lab, tmp_path: Path) -> None:
+    clock = FastClock()
+    boot = Boot(agent_config(lab, tmp_path / "state"), clock=clock)
+    blocker = StoreBlocker(lab.node.cfg.store)
+    blocker.start()
+    first = boot.attempt()
+    assert first.diagnosis is not None and first.diagnosis.code == "3005"
+    decision = boot._decide(first, 0, 0.0)
+    assert decision.action == "retry" and 0 <= decision.after_s <= 0.05
+    blocker.stop()
+    code = boot.run(until=clock.now() + timedelta(seconds=5), max_attempts=3)
+    assert code == 0
+    boot.session.close()  # type: ignore[union-attr]
+
+
+def test_permanent_failure_waits_for_the_operator(lab: Lab, tmp_path: Path) -> None:
+    cfg = agent_config(lab, tmp_path / "state")
+    cfg = cfg.__class__(
+        **{**cfg.__dict__, "phone": cfg.phone.__class__(**{**cfg.phone.__dict__, "pin": "86420"})}
+    )
+    clock = FastClock()
+    boot = Boot(cfg, clock=clock)
+    code = boot.run(until=clock.now() + timedelta(hours=2, minutes=30), max_attempts=5)
+    assert code == 1
+    snap = boot.status.snapshot()
+    assert snap["state"] == "wait_operator" and snap["last_error"]["code"] == "2001"
+    assert snap["attempt"] == 3  # one try per operator wait (1 h): at 0, 1 h and 2 h
+    assert len(lab.node.store.certificates(ALICE)) == 0
+
+
+def test_renewal_replaces_the_certificate_before_dropping_the_registration(lab: Lab, tmp_path: Path) -> None:
+    cfg = agent_config(lab, tmp_path / "state")
+    # renew once a certificate is 5 minutes old (it is issued for 4320 h)
+    cfg = cfg.__class__(**{**cfg.__dict__, "renewal_margin_hours": 4320 - 5 / 60})
+    clock = FastClock()
+    boot = Boot(cfg, clock=clock)
+    first = boot.attempt()
+    assert first.ok and first.certificate is not None
+    boot._signed_in(first)
+    old_session = boot.session
+    until = clock.now() + timedelta(minutes=7)
+    boot._stay(old_session, until)  # type: ignore[arg-type]
+    try:
+        assert boot.session is not None and boot.session is not old_session
+        stored = StateStore(tmp_path / "state").load_identity()
+        assert stored is not None and stored.certificate != first.certificate
+        rows = lab.node.store.certificates(ALICE)
+        assert rows and all(r.der != first.certificate.public_bytes(Encoding.DER) for r in rows)
+    finally:
+        boot.session.close()  # type: ignore[union-attr]

@@ -1,0 +1,89 @@
+"""`phoneprov boot` and `phoneprov status`: the phone's firmware entry and a look at what it is doing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from boot import config as agent_config
+from boot.sequence import Boot
+from boot.status import BootStatus, StatusServer
+
+
+class _JsonLines(logging.Handler):
+    """Structured log lines (one JSON object each) next to the human journal output."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = {
+            "time": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        try:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line) + "\n")
+        except OSError:
+            self.handleError(record)
+
+
+def boot_main(path: Path, once: bool = False) -> int:
+    cfg = agent_config.load(path)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if cfg.log_json_path is not None:
+        logging.getLogger().addHandler(_JsonLines(cfg.log_json_path))
+    status = BootStatus()
+    server = StatusServer(status, cfg.status_listen).start() if cfg.status_listen else None
+    boot = Boot(cfg, status=status)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if once:
+            run = boot.attempt()
+            if run.session is not None:
+                run.session.close()
+            return 0 if run.ok else 1
+        return boot.run()
+    finally:
+        boot.notifier.stopping()
+        if boot.session is not None:
+            try:
+                boot.session.unregister()  # a clean shutdown says goodbye; a power cut cannot
+            except Exception as exc:  # shutting down regardless
+                logging.getLogger("phoneprov.boot").info("unregister on shutdown failed: %s", exc)
+            boot.session.close()
+        if server is not None:
+            server.stop()
+
+
+def status_main(url: str, as_json: bool = False) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # a local, plain-HTTP status page
+            doc = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"phoneprov: error: no phone status at {url} ({exc})", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return 0 if doc.get("state") == "signed-in" else 1
+    print(f"state        {doc.get('state')} (attempt {doc.get('attempt')})")
+    print(f"stage        {doc.get('stage') or '-'}")
+    cert = doc.get("certificate")
+    print(f"certificate  {cert['subject'] + ' serial ' + cert['serial'] if cert else '-'}")
+    print(f"expires      {cert['not_after'] if cert else '-'}")
+    err = doc.get("last_error")
+    print(f"last error   {err['stage'] + ' ' + err['code'] + ': ' + err.get('problem', '') if err else '-'}")
+    return 0 if doc.get("state") == "signed-in" else 1
