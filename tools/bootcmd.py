@@ -8,6 +8,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -44,7 +45,7 @@ def boot_main(path: Path, once: bool = False) -> int:
         logging.getLogger().addHandler(_JsonLines(cfg.log_json_path))
     status = BootStatus()
     server = StatusServer(status, cfg.status_listen).start() if cfg.status_listen else None
-    boot = Boot(cfg, status=status)
+    boot = Boot(cfg, status=status, power_cycle=_rig_hook(cfg.retry.rig_power_cycle_url))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(0)
@@ -67,6 +68,23 @@ def boot_main(path: Path, once: bool = False) -> int:
             boot.session.close()
         if server is not None:
             server.stop()
+
+
+def _rig_hook(url: str | None) -> Callable[[], None] | None:
+    """The seed's remedy, automated: ask the rig to power-cycle this phone (POST to the configured URL)."""
+    if url is None:
+        return None
+    log = logging.getLogger("phoneprov.boot")
+
+    def cycle() -> None:
+        request = urllib.request.Request(url, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                log.warning("asked the rig to power-cycle this phone: HTTP %s", resp.status)
+        except (urllib.error.URLError, OSError) as exc:
+            log.warning("the rig did not take the power-cycle request (%s): %s", url, exc)
+
+    return cycle
 
 
 def status_main(url: str, as_json: bool = False) -> int:

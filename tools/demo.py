@@ -126,10 +126,9 @@ def _pool_info(cfg: PoolConfig, kept: bool) -> dict[str, Any]:
     return info
 
 
-def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, object], None]) -> Attempt:
-    on_event("attempt", title)
-    phone_dir = root / "phone"
-    lab_roots = phone_dir / "roots"
+def loopback_phone(node: PoolNode, root: Path) -> tuple[PhoneConfig, TrustStore]:
+    """An emulated phone for a pool on loopback: the lab root among its shipped roots, the pool's free ports."""
+    lab_roots = root / "phone" / "roots"
     lab_roots.mkdir(parents=True, exist_ok=True)
     (lab_roots / "lab-root.pem").write_bytes(node.ca.root.public_bytes(Encoding.PEM))
     trust = TrustStore.from_pem_files(certs.anchor_files(extra_dirs=(lab_roots,)))
@@ -149,6 +148,13 @@ def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, objec
         registrar_port=ports.sip,
         hosts={node.cfg.fqdn: "127.0.0.1"},
     )
+    return cfg, trust
+
+
+def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, object], None]) -> Attempt:
+    on_event("attempt", title)
+    phone_dir = root / "phone"
+    cfg, trust = loopback_phone(node, root)
     state = StateStore(phone_dir / "state")
     phone = Phone(cfg, trust, SystemClock(), on_key=state.save_key, on_stage=lambda r: on_event("stage", r))
     run = phone.run()

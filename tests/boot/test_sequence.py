@@ -129,3 +129,36 @@ def test_renewal_replaces_the_certificate_before_dropping_the_registration(lab: 
         assert rows and all(r.der != first.certificate.public_bytes(Encoding.DER) for r in rows)
     finally:
         boot.session.close()  # type: ignore[union-attr]
+
+
+def test_exhausted_budget_asks_the_rig_to_power_cycle(lab: Lab, tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from tools.bootcmd import _rig_hook
+
+    posts: list[str] = []
+
+    class Rig(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the name http.server dispatches to
+            posts.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    rig = ThreadingHTTPServer(("127.0.0.1", 0), Rig)
+    Thread(target=rig.serve_forever, daemon=True).start()
+    try:
+        cfg = agent_config(lab, tmp_path / "state", max_attempts=2)
+        clock = FastClock()
+        hook = _rig_hook(f"http://127.0.0.1:{rig.server_address[1]}/rig/cycle/phone-7")
+        boot = Boot(cfg, clock=clock, power_cycle=hook)
+        with StoreBlocker(lab.node.cfg.store):
+            boot.run(until=clock.now() + timedelta(minutes=5), max_attempts=2)
+    finally:
+        rig.shutdown()
+        rig.server_close()
+    assert posts == ["/rig/cycle/phone-7"]
+    assert boot.status.snapshot()["state"] == "power_cycle"
