@@ -17,7 +17,7 @@ from agent.phone import Phone
 from boot.sequence import KeyPrefetch
 from tools.bench.timing import ratio
 from tools.demo import DEMO_LINE, DEMO_PIN, DEMO_USER, loopback_phone
-from tools.pool.config import Ports, PoolConfig
+from tools.pool.config import PoolConfig, Ports
 from tools.pool.node import PoolNode
 
 ROUNDS = 8
