@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import certs
 from agent.stages import AgentError
@@ -76,6 +76,29 @@ def _build() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="what the phone is doing: stage, certificate, expiry, last error")
     st.add_argument("--url", default="http://127.0.0.1:8765/status")
     st.add_argument("--json", action="store_true")
+
+    rg = sub.add_parser(
+        "rig",
+        help="the phones on their relays: status, on, off, cycle, emulate a board",
+        description="Power-cycle lab phones through their relay boards (the field's remedy).",
+    )
+    rsub = rg.add_subparsers(dest="rig_command", required=True, parser_class=_Parser)
+    for verb, text in (
+        ("status", "power state of every phone (or the ones named)"),
+        ("on", "power a phone on"),
+        ("off", "power a phone off"),
+        ("cycle", "off, wait, on; then wait for SIGNED_IN"),
+    ):
+        r = rsub.add_parser(verb, help=text)
+        r.add_argument("phone", nargs="*" if verb == "status" else None)
+        r.add_argument("--rig", type=Path, default=Path("/etc/phoneprov/rig.toml"))
+        r.add_argument("--json", action="store_true")
+        if verb == "cycle":
+            r.add_argument(
+                "--wait", type=float, default=120.0, help="seconds to wait for SIGNED_IN (0: don't)"
+            )
+    em = rsub.add_parser("emulate", help="run a byte-exact emulated board on a pty and print its tty")
+    em.add_argument("board", help="lcus-4, kmtronic-8, numato-8, devantech-8, …")
 
     dc = sub.add_parser(
         "dhcp-config",
@@ -162,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _discover(args)
         if args.command == "dhcp-config":
             return _dhcp_config(args)
+        if args.command == "rig":
+            return _rig(args)
         if args.command == "boot":
             from tools.bootcmd import boot_main
 
@@ -223,6 +248,37 @@ def _client_auth(args: argparse.Namespace) -> int:
         d = result.diagnosis
         print(f"{'Diagnosis':<11}: {f'{d.stage} {d.code}: {d.problem} Remedy: {d.remedy}' if d else ''}")
     return 0 if result.ok else 1
+
+
+def _rig(args: argparse.Namespace) -> int:
+    from hal.errors import HalError
+    from tools import rig
+
+    if args.rig_command == "emulate":
+        emu = rig.emulator(args.board)
+        print(f"emulated {args.board} on {emu.port} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        finally:
+            emu.stop()
+    phones = rig.load_rig(args.rig)
+    try:
+        if args.rig_command == "status":
+            out: Any = rig.status(phones, list(args.phone))
+        elif args.rig_command == "cycle":
+            out = rig.power_cycle(phones, args.phone, args.wait)
+        else:
+            out = rig.switch(phones, args.phone, args.rig_command == "on")
+    except HalError as exc:
+        print(f"phoneprov: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for row in out if isinstance(out, list) else [out]:
+            print("  ".join(f"{k}={v}" for k, v in row.items() if v is not None))
+    failed = isinstance(out, dict) and "error" in out
+    return 1 if failed else 0
 
 
 def _dhcp_config(args: argparse.Namespace) -> int:

@@ -21,7 +21,13 @@ from agent.stages import AgentError, one_line
 from agent.truststore import TrustStore
 from agent.wire.regmsg import aor_key
 from tools.pool.errors import PoolError, StoreUnavailable
-from tools.pool.regtypes import AOR_MISMATCH, CERT_EXPIRED, CERT_UNKNOWN, DATA_STORE_UNAVAILABLE, ClientCheck
+from tools.pool.regtypes import (
+    AOR_MISMATCH,
+    CERT_EXPIRED,
+    CERT_UNKNOWN,
+    DATA_STORE_UNAVAILABLE,
+    ClientCheck,
+)
 from tools.pool.store.contract import PublishedCert, thumbprint_key
 
 __all__ = ["CertificateSource", "certificate_aors", "client_checker"]

@@ -13,7 +13,14 @@ from agent.stages import Stage, WireError
 from agent.wire import webticket
 from agent.wire.ticketfault import TicketFaultCode
 from tools.pool.errors import PoolError
-from tools.pool.pinpolicy import DUMMY_HASH, PinAuthError, PinPolicy, authenticate, check_password, verify_pin
+from tools.pool.pinpolicy import (
+    DUMMY_HASH,
+    PinAuthError,
+    PinPolicy,
+    authenticate,
+    check_password,
+    verify_pin,
+)
 from tools.pool.provlog import ProvisioningLog, ProvRecord
 from tools.pool.reply import Reply
 from tools.pool.store.contract import Store, user_key

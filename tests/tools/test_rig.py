@@ -1,0 +1,133 @@
+"""`phoneprov rig` against byte-exact emulated boards on ptys: the real drivers, a rig file, and a phone
+that reports its status (it boots anew each time its relay goes off and on)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from hal.emulators.relays import KmtronicModel, LcusModel, PtyEmulator
+from tools.cli import main
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def boards() -> Iterator[tuple[PtyEmulator, PtyEmulator]]:
+    lcus, kmt = PtyEmulator(LcusModel(4)).start(), PtyEmulator(KmtronicModel(2)).start()
+    yield lcus, kmt
+    lcus.stop()
+    kmt.stop()
+
+
+class FakePhone:
+    """Powered by relay 2 of ``board``: each off→on is a new boot that signs in."""
+
+    def __init__(self, board: PtyEmulator) -> None:
+        self.board, self.boots, self.was_on = board, 0, True
+        self.stop = threading.Event()
+        phone = self
+
+        def watch() -> None:  # the power supply: an off→on edge is a new boot
+            while not phone.stop.wait(0.01):
+                on = phone.board.relays()[1]
+                if on and not phone.was_on:
+                    phone.boots += 1
+                phone.was_on = on
+
+        threading.Thread(target=watch, daemon=True).start()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # the name http.server dispatches to
+                if not phone.board.relays()[1]:
+                    self.send_error(503)
+                    return
+                body = json.dumps({"state": "signed-in", "boot_started_at": f"boot-{phone.boots}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/status"
+
+
+def rig_file(tmp_path: Path, lcus: PtyEmulator, kmt: PtyEmulator, status_url: str | None = None) -> Path:
+    status = f'status_url = "{status_url}"\n' if status_url else ""
+    path = tmp_path / "rig.toml"
+    path.write_text(
+        "[defaults]\noff_s = 0.2\n"
+        f'[phones.desk-1]\nboard = "lcus-4"\nchannel = 2\nport = "{lcus.port}"\n{status}'
+        f'[phones.desk-2]\nboard = "kmtronic-2"\nchannel = 1\nport = "{kmt.port}"\n'
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object]:
+    code = main(list(argv))
+    out = capsys.readouterr().out
+    return code, json.loads(out) if "--json" in argv else out
+
+
+def test_on_off_status_drive_the_real_boards(
+    boards: tuple[PtyEmulator, PtyEmulator], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lcus, kmt = boards
+    rig = str(rig_file(tmp_path, lcus, kmt))
+    code, out = run(capsys, "rig", "off", "desk-1", "--rig", rig, "--json")
+    assert code == 0 and out == {"phone": "desk-1", "power": "off", "knowledge": "observed"}
+    assert lcus.relays()[1] is False
+    run(capsys, "rig", "on", "desk-2", "--rig", rig, "--json")
+    assert kmt.relays()[0] is True
+    code, rows = run(capsys, "rig", "status", "--rig", rig, "--json")
+    assert code == 0
+    assert {r["phone"]: r["power"] for r in rows} == {"desk-1": "off", "desk-2": "on"}  # type: ignore[union-attr]
+
+
+def test_cycle_waits_for_the_new_boot_to_sign_in(
+    boards: tuple[PtyEmulator, PtyEmulator], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lcus, kmt = boards
+    phone = FakePhone(lcus)
+    try:
+        rig = str(rig_file(tmp_path, lcus, kmt, phone.url))
+        run(capsys, "rig", "on", "desk-1", "--rig", rig)
+        code, out = run(capsys, "rig", "cycle", "desk-1", "--rig", rig, "--wait", "10", "--json")
+    finally:
+        phone.stop.set()
+        phone.server.shutdown()
+    assert code == 0 and out["power"] == "on" and out["signed_in_after_s"] is not None  # type: ignore[index]
+    assert phone.boots == 1 and b"\xa0\x02\x00\xa2" in bytes(lcus.received)  # LCUS "relay 2 off" on the wire
+
+
+def test_unplugged_board_is_a_one_line_error(
+    boards: tuple[PtyEmulator, PtyEmulator], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lcus, kmt = boards
+    rig = str(rig_file(tmp_path, lcus, kmt))
+    kmt.unplug()
+    assert main(["rig", "off", "desk-2", "--rig", rig]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+
+
+@pytest.mark.parametrize(
+    "text", ["[phones.x]\nchannel = 1\n", "nonsense", "[phones.x]\nboard = 'lcus-4'\nchannel = 1\nwat = 2\n"]
+)
+def test_bad_rig_files_are_one_line(text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rig.toml"
+    path.write_text(text)
+    assert main(["rig", "status", "--rig", str(path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
