@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import certs
 from agent.stages import AgentError
 from boot.config import ConfigError as AgentConfigError
+from hal.errors import HalError
 from tools import demo, report
 from tools.pool import config as pool_config
 from tools.pool.errors import PoolError
@@ -99,6 +100,31 @@ def _build() -> argparse.ArgumentParser:
             )
     em = rsub.add_parser("emulate", help="run a byte-exact emulated board on a pty and print its tty")
     em.add_argument("board", help="lcus-4, kmtronic-8, numato-8, devantech-8, …")
+
+    te = sub.add_parser(
+        "tether",
+        help="USB-tethered provisioning (the key never leaves the phone)",
+        description="Provision a phone over its USB (CDC-ACM) link: the phone makes the key and CSR, "
+        "the PC gets and publishes the certificate with the user's credential and sends it back.",
+    )
+    tsub = te.add_subparsers(dest="tether_command", required=True, parser_class=_Parser)
+    tp = tsub.add_parser("provision", help="PC side: provision the attached phone")
+    tp.add_argument("--port", help="serial port or pyserial URL (default: the phoneprov phone found on USB)")
+    tp.add_argument("--serial", help="the phone's USB serial number, when several are attached")
+    tp.add_argument("--user-sip-address", required=True)
+    tp.add_argument("--credential", required=True, help="USER:PASSWORD, or USER with the password on stdin")
+    tp.add_argument("--target-uri", required=True, help="the pool's CertProv URL")
+    tp.add_argument("--resolve", action="append", default=[], metavar="NAME=ADDR")
+    tp.add_argument("--anon-port", type=int, default=80)
+    tp.add_argument("--roots-dir", type=Path, action="append", default=[])
+    tp.add_argument("--timeout", type=float, default=10.0)
+    tp.add_argument("--json", action="store_true")
+    ts = tsub.add_parser(
+        "serve", help="phone side: answer the PC on the gadget's tty and install the identity"
+    )
+    ts.add_argument("--port", default="/dev/phoneprov-tether")
+    ts.add_argument("--state-dir", type=Path, default=Path("/var/lib/phoneprov"))
+    ts.add_argument("--roots-dir", type=Path, action="append", default=[])
 
     dc = sub.add_parser(
         "dhcp-config",
@@ -187,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dhcp_config(args)
         if args.command == "rig":
             return _rig(args)
+        if args.command == "tether":
+            return _tether(args)
         if args.command == "boot":
             from tools.bootcmd import boot_main
 
@@ -202,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentConfigError as exc:
         print(f"phoneprov: error: {exc}", file=sys.stderr)
         return EX_CONFIG  # the unit's RestartPreventExitStatus: a broken agent.toml is not retried
-    except (AgentError, certs.RootError, ValueError, OSError) as exc:
+    except (AgentError, HalError, certs.RootError, ValueError, OSError) as exc:
         print(f"phoneprov: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -279,6 +307,30 @@ def _rig(args: argparse.Namespace) -> int:
             print("  ".join(f"{k}={v}" for k, v in row.items() if v is not None))
     failed = isinstance(out, dict) and "error" in out
     return 1 if failed else 0
+
+
+def _tether(args: argparse.Namespace) -> int:
+    from tools.tether import tether_provision, tether_serve
+
+    if args.tether_command == "serve":
+        anchors = certs.anchor_files(extra_dirs=(certs.ROOTS_DIR, *args.roots_dir))
+        return tether_serve(args.port, args.state_dir, anchors)
+    user, sep, password = args.credential.partition(":")
+    if not sep:
+        password = sys.stdin.readline().rstrip("\n")
+    resolve = dict(_name_addr(item) for item in args.resolve)
+    return tether_provision(
+        args.port,
+        args.user_sip_address,
+        (user, password),
+        args.target_uri,
+        resolve,
+        args.anon_port,
+        [certs.ROOTS_DIR, *args.roots_dir],
+        args.json,
+        phone_serial=args.serial,
+        timeout_s=args.timeout,
+    )
 
 
 def _dhcp_config(args: argparse.Namespace) -> int:
