@@ -1,7 +1,8 @@
 """One phone's sign-in: the stages of protocol.md §2 in order, each timed, the first failure diagnosed.
 
-No persistence here (boot/ owns state): the new key is handed to ``on_key`` *before* the CSR is sent, so a
-caller can store it (0600, atomically) and a certificate is never issued for a key the phone lost.
+No persistence here (boot/ owns state): ``on_key`` sees the new key before the CSR is sent, for a caller that
+wants it stored early; boot/ instead stores key, certificate and chain together once the certificate is back,
+so a power cut never pairs a key with the wrong certificate (a cut in between costs one re-enrolment).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class PhoneConfig:
     key_bits: int = 2048
     registrar_port: int = 5061
     register_expires_s: int = 600
+    reuse_margin: timedelta = timedelta(
+        hours=1
+    )  # a stored certificate needs this much life left to be reused
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,8 @@ class Phone:
     def _reuse(self, p: _Progress, now: datetime) -> bool:
         """A stored certificate with ≥ 1 h left (at the phone's synchronised time) skips ROOT_CHAIN … CERT_PUBLISH."""
         stored = self.stored
-        if stored is None or stored.certificate.not_valid_after_utc - now < REUSE_MARGIN:
+        margin = max(REUSE_MARGIN, self.cfg.reuse_margin)
+        if stored is None or stored.certificate.not_valid_after_utc - now < margin:
             return False
         if stored.certificate.not_valid_before_utc > now or stored.sip_uri() is None:
             return False

@@ -276,9 +276,9 @@ def _phone(t: _Table, environ: Mapping[str, str]) -> PhoneSettings:
     sip_uri = t.text("sip_uri", valid=_SIP_URI.fullmatch, want="a SIP URI like sip:user@domain")
     state_dir = t.path("state_dir", DEFAULT_STATE_DIR)
     assert state_dir is not None
-    key_bits = t.integer("key_bits", 2048, 2048, 16384)
+    key_bits = t.integer("key_bits", 2048, 2048, 4096)  # larger keys take minutes on a Pi: past the watchdog
     if key_bits % 1024:
-        raise t.error("key_bits", f"must be a multiple of 1024 (2048, 3072, 4096 …), got {key_bits}")
+        raise t.error("key_bits", f"must be 2048, 3072 or 4096, got {key_bits}")
     pin, source = _pin(t, environ)
     return PhoneSettings(username, pin, source, sip_uri, state_dir, key_bits)
 
@@ -289,6 +289,11 @@ def _pin(t: _Table, environ: Mapping[str, str]) -> tuple[str, str]:
     if len(given) != 1:
         found = f" (found {', '.join(given)})" if given else ""
         raise t.error(given[-1] if given else "pin", f"set exactly one of pin, pin_file, pin_env{found}")
+    raw = t.data.get(given[0])
+    if given[0] == "pin_env" and not (isinstance(raw, str) and _ENV_NAME.fullmatch(raw)):
+        raise t.error("pin_env", "must be an environment variable name like PHONEPROV_PIN (value not shown)")
+    if given[0] == "pin_file" and not isinstance(raw, str):
+        raise t.error("pin_file", "must be a file path in quotes (value not shown)")
     if given[0] == "pin":
         pin, source = t.data.pop("pin"), "pin"
     elif given[0] == "pin_file":

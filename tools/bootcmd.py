@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import signal
@@ -44,11 +45,16 @@ def boot_main(path: Path, once: bool = False) -> int:
     if cfg.log_json_path is not None:
         logging.getLogger().addHandler(_JsonLines(cfg.log_json_path))
     status = BootStatus()
-    server = StatusServer(status, cfg.status_listen).start() if cfg.status_listen else None
-    boot = Boot(cfg, status=status, power_cycle=_rig_hook(cfg.retry.rig_power_cycle_url))
+    server = _status_server(status, cfg.status_listen)
+    boot = Boot(
+        cfg,
+        status=status,
+        power_cycle=_rig_hook(cfg.retry.rig_power_cycle_url),
+        reload=lambda: agent_config.load(path),
+    )
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(0)
+        boot.stopping.set()  # honoured between stages, never inside a state write
 
     signal.signal(signal.SIGTERM, stop)
     try:
@@ -68,6 +74,22 @@ def boot_main(path: Path, once: bool = False) -> int:
             boot.session.close()
         if server is not None:
             server.stop()
+
+
+def _status_server(status: BootStatus, listen: tuple[str, int] | None) -> StatusServer | None:
+    """The status endpoint is a convenience: a taken port or a bad address must not stop the phone."""
+    log = logging.getLogger("phoneprov.boot")
+    if listen is None:
+        return None
+    if not ipaddress.ip_address(listen[0]).is_loopback:
+        log.warning(
+            "status endpoint on %s:%d is reachable from the network (unauthenticated, read-only)", *listen
+        )
+    try:
+        return StatusServer(status, listen).start()
+    except OSError as exc:
+        log.warning("no status endpoint on %s:%d: %s", listen[0], listen[1], exc)
+        return None
 
 
 def _rig_hook(url: str | None) -> Callable[[], None] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from agent.clocks import SystemClock
 from boot.sequence import Boot
 from boot.store import StateStore
 from tests.boot.lab import agent_config
-from tests.e2e.conftest import ALICE, Lab
+from tests.e2e.conftest import ALICE, Lab, start_lab
+from tools.pool.ca import CertPolicy
 from tools.pool.store.sqlite import StoreBlocker
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,41 +96,44 @@ def test_transient_failure_is_retried_then_signs_in(lab: Lab, tmp_path: Path) ->
     boot.session.close()  # type: ignore[union-attr]
 
 
-def test_permanent_failure_waits_for_the_operator(lab: Lab, tmp_path: Path) -> None:
-    cfg = agent_config(lab, tmp_path / "state")
-    cfg = cfg.__class__(
-        **{**cfg.__dict__, "phone": cfg.phone.__class__(**{**cfg.phone.__dict__, "pin": "86420"})}
-    )
+def test_refused_pin_is_not_guessed_again_until_the_pin_changes(lab: Lab, tmp_path: Path) -> None:
+    good = agent_config(lab, tmp_path / "state")
+    wrong = replace(good, phone=replace(good.phone, pin="86420"))
     clock = FastClock()
-    boot = Boot(cfg, clock=clock)
-    code = boot.run(until=clock.now() + timedelta(hours=2, minutes=30), max_attempts=5)
-    assert code == 1
-    snap = boot.status.snapshot()
-    assert snap["state"] == "wait_operator" and snap["last_error"]["code"] == "2001"
-    assert snap["attempt"] == 3  # one try per operator wait (1 h): at 0, 1 h and 2 h
-    assert len(lab.node.store.certificates(ALICE)) == 0
-
-
-def test_renewal_replaces_the_certificate_before_dropping_the_registration(lab: Lab, tmp_path: Path) -> None:
-    cfg = agent_config(lab, tmp_path / "state")
-    # renew once a certificate is 5 minutes old (it is issued for 4320 h)
-    cfg = cfg.__class__(**{**cfg.__dict__, "renewal_margin_hours": 4320 - 5 / 60})
-    clock = FastClock()
-    boot = Boot(cfg, clock=clock)
-    first = boot.attempt()
-    assert first.ok and first.certificate is not None
-    boot._signed_in(first)
-    old_session = boot.session
-    until = clock.now() + timedelta(minutes=7)
-    boot._stay(old_session, until)  # type: ignore[arg-type]
+    configs = [wrong] * 30 + [good] * 1000  # the operator fixes the PIN after half an hour
+    boot = Boot(wrong, clock=clock, reload=lambda: configs.pop(0))
+    code = boot.run(until=clock.now() + timedelta(hours=2))
     try:
+        assert code == 0 and boot.status.snapshot()["state"] == "signed-in"
+        record = lab.node.store.pin_record(ALICE)
+        assert (
+            record is not None and len(record.failures) == 0
+        )  # success reset it; only one wrong try was made
+        log = (lab.logs / "provisioning.log").read_text()
+        assert log.count("code=2001") == 1
+    finally:
+        boot.session.close()  # type: ignore[union-attr]
+
+
+def test_renewal_replaces_the_certificate_before_dropping_the_registration(tmp_path: Path) -> None:
+    lab = start_lab(tmp_path, cert_policy=CertPolicy(default_validity_hours=8))  # short-lived certificates
+    try:
+        cfg = replace(agent_config(lab, tmp_path / "state"), renewal_margin_hours=3.0)
+        clock = FastClock()
+        boot = Boot(cfg, clock=clock)
+        first = boot.attempt()
+        assert first.ok and first.certificate is not None
+        boot._signed_in(first)
+        old_session = boot.session
+        boot._stay(old_session, clock.now() + timedelta(hours=6))  # type: ignore[arg-type]
         assert boot.session is not None and boot.session is not old_session
         stored = StateStore(tmp_path / "state").load_identity()
         assert stored is not None and stored.certificate != first.certificate
         rows = lab.node.store.certificates(ALICE)
         assert rows and all(r.der != first.certificate.public_bytes(Encoding.DER) for r in rows)
+        boot.session.close()
     finally:
-        boot.session.close()  # type: ignore[union-attr]
+        lab.node.stop()
 
 
 def test_exhausted_budget_asks_the_rig_to_power_cycle(lab: Lab, tmp_path: Path) -> None:
