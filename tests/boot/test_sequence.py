@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.clocks import SystemClock
+from boot.sdnotify import Notifier
 from boot.sequence import Boot
 from boot.store import StateStore
 from tests.boot.lab import agent_config
@@ -167,3 +168,39 @@ def test_exhausted_budget_asks_the_rig_to_power_cycle(lab: Lab, tmp_path: Path) 
         rig.server_close()
     assert posts == ["/rig/cycle/phone-7"]
     assert boot.status.snapshot()["state"] == "power_cycle"
+
+
+class RecordingNotifier(Notifier):
+    """sd_notify as systemd would see it: every datagram's assignments, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(None, watchdog_usec=20_000_000)
+        self.sent: list[str] = []
+
+    def notify(self, *assignments: str) -> bool:
+        self.sent.extend(assignments)
+        return True
+
+
+def test_systemd_sees_ready_at_once_then_progress_and_watchdog(lab: Lab, tmp_path: Path) -> None:
+    clock, notifier = FastClock(), RecordingNotifier()
+    boot = Boot(agent_config(lab, tmp_path / "state"), clock=clock, notifier=notifier)
+    assert boot.run(until=clock.now() + timedelta(minutes=2)) == 0
+    boot.session.close()  # type: ignore[union-attr]
+    assert (
+        notifier.sent[0] == "READY=1"
+    )  # before any stage: retrying for hours must not look like a hung start
+    statuses = [a for a in notifier.sent if a.startswith("STATUS=")]
+    assert any("SIGNED_IN ok" in a for a in statuses) and any("signed-in" in a for a in statuses)
+    first_stage = next(i for i, a in enumerate(notifier.sent) if a.startswith("STATUS=DHCP_INFORM"))
+    assert "WATCHDOG=1" in notifier.sent[first_stage:]  # stage progress is a heartbeat
+
+
+def test_stop_request_is_honoured_at_a_safe_point(lab: Lab, tmp_path: Path) -> None:
+    clock = FastClock()
+    boot = Boot(agent_config(lab, tmp_path / "state"), clock=clock)
+    boot.stopping.set()
+    assert (
+        boot.run(until=clock.now() + timedelta(hours=1)) == 1
+    )  # stopped before signing in: nothing half-done
+    assert StateStore(tmp_path / "state").load_identity() is None
