@@ -15,7 +15,7 @@ from pathlib import Path
 def atomic_write(
     path: Path, data: bytes, mode: int = 0o600, before_rename: Callable[[], None] | None = None
 ) -> None:
-    """``before_rename`` runs after the data is durable and before the rename: a power-cut test kills there."""
+    """``before_rename`` runs once the data is durable, before the rename: a power-cut test kills there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -30,8 +30,13 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory's entries durable: a rename or unlink survives a power cut only after this."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dirfd)
+        os.fsync(fd)
     finally:
-        os.close(dirfd)
+        os.close(fd)

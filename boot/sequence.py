@@ -2,8 +2,8 @@
 
 One attempt = the agent's stages with what the state store still holds: the stored identity is always offered
 and the phone decides after TIME, at its synchronised time, whether it has enough life left (straight to
-REGISTER) — a Pi without RTC boots in 1970 and must not re-enrol because of that. A new identity is written only
-once complete. Key generation starts at power-on in a thread and overlaps the network stages; an unused key is
+REGISTER) — a Pi without RTC boots in 1970 and must not re-enrol because of that. A new identity (key,
+certificate, chain) is written as one file, atomically, only once complete. Key generation starts at power-on in a thread and overlaps the network stages; an unused key is
 kept for the next attempt. Failures go through the retry policy: transient ones back off with full jitter
 inside a budget that starts at the first failure; permanent ones wait for the operator — and a refused PIN is
 not tried again until the PIN itself changes, so a phone never locks its user out. Stage progress is the
@@ -104,6 +104,7 @@ class Boot:
         self.stopping = threading.Event()
         self._prefetch: KeyPrefetch | None = None
         self._renew_after: datetime | None = None  # after a failed renewal: not before this (backoff)
+        self._force_enrol = False
         self._renew_tries = 0
 
     # -- one attempt ---------------------------------------------------------------------------------
@@ -201,6 +202,10 @@ class Boot:
                     self._signed_in(run)
                     self._keep(until)
                     continue
+                if run is not None and self._stored_identity_refused(run):
+                    self._force_enrol = True  # the pool no longer knows the stored certificate: enrol anew
+                    log.warning("the registrar refused the stored certificate: enrolling a new one")
+                    continue
                 failed_since = self.clock.monotonic() if failed_since is None else failed_since
                 decision = self._decide(run, attempt, self.clock.monotonic() - failed_since)
                 attempt += 1
@@ -214,9 +219,25 @@ class Boot:
             log.info("stopping on request")
         return 0 if self.session is not None else 1
 
+    def _stored_identity_refused(self, run: PhoneRun) -> bool:
+        """REGISTER refused a *reused* certificate as unknown/expired (e.g. a renewal cut after the pool
+        replaced it): not the operator's problem — the phone can enrol again, once."""
+        diag = run.diagnosis
+        reused = any(r.stage is Stage.CERT_REQUEST and r.result == "skipped" for r in run.results)
+        return (
+            diag is not None
+            and diag.stage is Stage.REGISTER
+            and diag.code in ("4101", "4102")
+            and reused
+            and not self._force_enrol
+        )
+
     def _safe_attempt(self, number: int) -> PhoneRun | None:
         """An attempt whose unexpected failure (a bug, a disk error) is logged and retried, not a crash loop."""
         try:
+            if self._force_enrol:
+                self._force_enrol = False
+                return self.attempt(number, renew=True)
             return self.attempt(number)
         except Exception:
             log.exception("sign-in attempt %d failed unexpectedly", number)

@@ -15,7 +15,7 @@ from boot.sequence import Boot
 from boot.store import StateStore
 from tests.boot.lab import agent_config
 from tests.e2e.conftest import ALICE, Lab, start_lab
-from tools.pool.ca import CertPolicy
+from tools.pool.ca import CertPolicy, thumbprint
 from tools.pool.store.sqlite import StoreBlocker
 
 pytestmark = pytest.mark.timeout(120)
@@ -204,3 +204,19 @@ def test_stop_request_is_honoured_at_a_safe_point(lab: Lab, tmp_path: Path) -> N
         boot.run(until=clock.now() + timedelta(hours=1)) == 1
     )  # stopped before signing in: nothing half-done
     assert StateStore(tmp_path / "state").load_identity() is None
+
+
+def test_a_stored_certificate_the_pool_no_longer_knows_is_replaced(lab: Lab, tmp_path: Path) -> None:
+    cfg = agent_config(lab, tmp_path / "state")
+    first = Boot(cfg).attempt()
+    assert first.ok and first.certificate is not None
+    first.session.close()  # type: ignore[union-attr]
+    lab.node.store.revoke(thumbprint(first.certificate))  # e.g. an admin revoked it, or a renewal was cut
+    clock = FastClock()
+    boot = Boot(cfg, clock=clock)
+    assert boot.run(until=clock.now() + timedelta(minutes=1), max_attempts=3) == 0
+    try:
+        stored = StateStore(tmp_path / "state").load_identity()
+        assert stored is not None and stored.certificate != first.certificate
+    finally:
+        boot.session.close()  # type: ignore[union-attr]

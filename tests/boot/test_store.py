@@ -1,4 +1,5 @@
-"""The phone's state store: round trips, permissions, and that damage of any kind reads as "absent"."""
+"""The phone's state store: round trips, permissions, durability, that damage of any kind reads as "absent",
+and that an interrupted write leaves the old or the new state."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ from hypothesis import strategies as st
 
 from agent.discovery import Discovery
 from agent.stages import Stage, StageResult
+from boot.statecodec import Bundle, Unusable, decode_identity, encode_identity
 from boot.store import (
     CERT_FILE,
     CHAIN_FILE,
     DEVICE_ID_FILE,
     DISCOVERY_FILE,
+    FAULT_POINTS,
+    IDENTITY_FILE,
     KEY_FILE,
     MANIFEST_FILE,
     PROGRESS_FILE,
@@ -99,8 +103,22 @@ def _populated(root: Path) -> StateStore:
     return store
 
 
+def _legacy(root: Path, identity: Identity = IDENTITY_A) -> None:
+    """The three identity files of the earlier firmware, as a phone upgraded in the field has them."""
+    root.mkdir(parents=True, exist_ok=True)
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    (root / KEY_FILE).write_bytes(identity.key.private_bytes(PEM, pkcs8, NO_PASSWORD))
+    (root / CERT_FILE).write_bytes(identity.certificate.public_bytes(PEM))
+    chain = b"".join(c.public_bytes(PEM) for c in identity.intermediates)
+    (root / CHAIN_FILE).write_bytes(
+        f"# phoneprov intermediates: {len(identity.intermediates)}\n".encode() + chain
+    )
+
+
 # Each file and how to load it on a fresh store; "absent" is what a loader returns for no usable file.
+# The legacy files (user.key, user.crt, intermediates.pem) are read only when there is no identity.pem.
 LOADERS: dict[str, tuple[Callable[[StateStore], object], object]] = {
+    IDENTITY_FILE: (StateStore.load_identity, None),
     KEY_FILE: (StateStore.load_key, None),
     CERT_FILE: (StateStore.load_certificate, None),
     CHAIN_FILE: (StateStore.load_intermediates, ()),
@@ -118,6 +136,35 @@ def test_everything_round_trips_through_a_new_store(tmp_path: Path) -> None:
     assert again.device_id() == device
     assert again.problems == []
     assert json.loads((tmp_path / MANIFEST_FILE).read_text()) == {"kind": "phoneprov-state", "schema": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [MANIFEST_FILE, IDENTITY_FILE, DEVICE_ID_FILE, DISCOVERY_FILE, PROGRESS_FILE]
+    )
+
+
+def test_the_identity_is_one_file_with_a_header_and_an_end_marker(tmp_path: Path) -> None:
+    StateStore(tmp_path).save_identity(IDENTITY_A)
+    lines = (tmp_path / IDENTITY_FILE).read_text().splitlines()
+    assert lines[0] == "# phoneprov identity: key 1, certificate 1, intermediates 2"
+    assert lines[1] == "-----BEGIN PRIVATE KEY-----" and lines[-1] == "# end of phoneprov identity"
+    assert [ln for ln in lines if ln.startswith("-----BEGIN")] == ["-----BEGIN PRIVATE KEY-----"] + [
+        "-----BEGIN CERTIFICATE-----"
+    ] * 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(key=st.booleans(), cert=st.booleans(), chain=st.lists(st.sampled_from([CA1, CA2]), max_size=3))
+def test_any_bundle_round_trips_and_no_line_prefix_of_it_decodes(
+    key: bool, cert: bool, chain: list[x509.Certificate]
+) -> None:
+    bundle = Bundle(KEY_A if key else None, IDENTITY_A.certificate if cert else None, tuple(chain))
+    data = encode_identity(bundle)
+    got = decode_identity(data)
+    assert (got.key is not None) == key and got.certificate == bundle.certificate
+    assert got.intermediates == bundle.intermediates
+    assert got.key is None or got.key.private_numbers() == KEY_A.private_numbers()
+    for cut in [i + 1 for i, byte in enumerate(data[:-1]) if byte == ord("\n")]:
+        with pytest.raises(Unusable):
+            decode_identity(data[:cut])
 
 
 def test_records_are_built_from_what_the_agent_produces() -> None:
@@ -137,17 +184,19 @@ def test_empty_intermediates_and_a_replaced_identity(tmp_path: Path) -> None:
     assert _same(StateStore(tmp_path).load_identity(), Identity(KEY_B, IDENTITY_B.certificate))
 
 
-def test_permissions_key_0600_directory_0700(tmp_path: Path) -> None:
+def test_permissions_identity_and_key_0600_directory_0700(tmp_path: Path) -> None:
     root = tmp_path / "var" / "lib" / "phoneprov"
     store = StateStore(root)
     store.save_identity(IDENTITY_A)
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
-    assert stat.S_IMODE((root / KEY_FILE).stat().st_mode) == 0o600
-    os.chmod(root / KEY_FILE, 0o644)
+    assert stat.S_IMODE((root / IDENTITY_FILE).stat().st_mode) == 0o600
+    os.chmod(root / IDENTITY_FILE, 0o644)
     os.chmod(root, 0o755)
     StateStore(root).save_key(KEY_B)  # a new store tightens both again
     assert stat.S_IMODE((root / KEY_FILE).stat().st_mode) == 0o600
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    StateStore(root).save_certificate(IDENTITY_B.certificate)
+    assert stat.S_IMODE((root / IDENTITY_FILE).stat().st_mode) == 0o600
 
 
 def test_device_id_is_created_once_and_stable(tmp_path: Path) -> None:
@@ -165,13 +214,17 @@ def test_a_missing_directory_is_simply_empty(tmp_path: Path) -> None:
     assert not store.identity_valid_for(T0)
     store.clear_identity()
     assert store.tidy() == ()
-    assert store.problems == []
+    assert store.problems == [] and not (tmp_path / "never-written").exists()
 
 
 @pytest.mark.parametrize("name", [*sorted(LOADERS), DEVICE_ID_FILE])
 def test_every_prefix_of_a_file_reads_as_absent(tmp_path: Path, name: str) -> None:
     _populated(tmp_path)
+    if name in (KEY_FILE, CERT_FILE, CHAIN_FILE):
+        (tmp_path / IDENTITY_FILE).unlink()
+        _legacy(tmp_path)
     whole = (tmp_path / name).read_bytes()
+    load, absent = LOADERS.get(name, (StateStore.device_id, None))
     for cut in range(len(whole)):
         (tmp_path / name).write_bytes(whole[:cut])
         store = StateStore(tmp_path)
@@ -180,7 +233,6 @@ def test_every_prefix_of_a_file_reads_as_absent(tmp_path: Path, name: str) -> No
             assert fresh != whole.decode().strip() and GUID.fullmatch(fresh), cut
             (tmp_path / name).unlink()
         else:
-            load, absent = LOADERS[name]
             assert load(store) == absent, cut
         assert len(store.problems) == 1 and store.problems[0].startswith(f"{name}: "), (cut, store.problems)
     (tmp_path / name).write_bytes(whole)
@@ -197,6 +249,10 @@ GARBAGE: dict[str, bytes] = {
     "bad base64": b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
     "not DER": b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     "mismatched end": b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END CERTIFICATE-----\n",
+    "miscounted bundle": encode_identity(Bundle(KEY_A, None, (CA1,))).replace(b"key 1, certificate 0",
+                                                                              b"key 1, certificate 1"),
+    "marker inside": encode_identity(Bundle(None, CA1)).replace(b"-----BEGIN",
+                                                               b"# end of phoneprov identity\n-----BEGIN"),
     "json list": b"[1, 2]\n",
     "deep json": b"[" * 100_000 + b"\n",
     "wrong kind": b'{"kind": "phoneprov-discovery"}\n',
@@ -214,10 +270,12 @@ GARBAGE: dict[str, bytes] = {
 @pytest.mark.parametrize("what", sorted(GARBAGE))
 def test_garbage_in_any_file_reads_as_absent_with_a_one_line_reason(tmp_path: Path, what: str) -> None:
     for name, (load, absent) in LOADERS.items():
-        (tmp_path / name).write_bytes(GARBAGE[what])
-        store = StateStore(tmp_path)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / name).write_bytes(GARBAGE[what])
+        store = StateStore(tmp_path / name)
         assert load(store) == absent, name
         assert len(store.problems) == 1 and "\n" not in store.problems[0], store.problems
+        assert store.problems[0].startswith(f"{name}: ")
 
 
 def test_a_foreign_key_label_and_curve_are_named(tmp_path: Path) -> None:
@@ -230,10 +288,12 @@ def test_a_foreign_key_label_and_curve_are_named(tmp_path: Path) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
-def test_arbitrary_bytes_never_raise(tmp_path: Path, data: bytes) -> None:
+@given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode), bundle=st.booleans())
+def test_arbitrary_bytes_never_raise(tmp_path: Path, data: bytes, bundle: bool) -> None:
     for name in [*LOADERS, MANIFEST_FILE, DEVICE_ID_FILE]:
-        (tmp_path / name).write_bytes(data)
+        (tmp_path / name).unlink(missing_ok=True)
+        if name != IDENTITY_FILE or bundle:
+            (tmp_path / name).write_bytes(data)
     store = StateStore(tmp_path)
     assert store.load_identity() is None
     for load, absent in LOADERS.values():
@@ -242,28 +302,40 @@ def test_arbitrary_bytes_never_raise(tmp_path: Path, data: bytes) -> None:
 
 
 def test_unreadable_file_is_a_problem_not_an_exception(tmp_path: Path) -> None:
-    (tmp_path / KEY_FILE).mkdir()
+    (tmp_path / IDENTITY_FILE).mkdir()
     store = StateStore(tmp_path)
-    assert store.load_key() is None
-    assert store.problems == [f"{KEY_FILE}: cannot be read (Is a directory); treated as absent"]
+    assert store.load_key() is None and store.load_identity() is None
+    assert store.problems == [f"{IDENTITY_FILE}: cannot be read (Is a directory); treated as absent"]
 
 
-def test_certificate_for_another_key_is_no_identity(tmp_path: Path) -> None:
+def test_a_certificate_for_another_key_is_no_identity(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.save_identity(IDENTITY_A)
-    store.save_certificate(IDENTITY_B.certificate)
+    store.save_certificate(IDENTITY_B.certificate)  # joined with the key held: A's
     again = StateStore(tmp_path)
     assert again.load_identity() is None
     assert not again.identity_valid_for(T0)
-    assert again.problems == [f"{CERT_FILE}: certificate is for another key than {KEY_FILE}; no identity"]
+    assert again.problems == [f"{IDENTITY_FILE}: the certificate is for another key; no identity"]
     assert again.load_key() is not None and again.load_certificate() == IDENTITY_B.certificate
+    _legacy(tmp_path / "legacy", Identity(KEY_A, IDENTITY_B.certificate))
+    legacy = StateStore(tmp_path / "legacy")
+    assert legacy.load_identity() is None
+    assert legacy.problems == [f"{CERT_FILE}: certificate is for another key than {KEY_FILE}; no identity"]
 
 
-def test_half_an_identity_is_none_with_a_reason(tmp_path: Path) -> None:
+def test_a_key_saved_alone_drops_the_identity_until_its_certificate_comes(tmp_path: Path) -> None:
+    """The agent's on_key flow (demo, lab): save_key, later save_certificate; both end in one bundle."""
     store = StateStore(tmp_path)
-    store.save_key(KEY_A)  # what on_key leaves when enrolment stops before the certificate
-    assert store.load_identity() is None
+    store.save_identity(IDENTITY_A)
+    store.save_key(KEY_B)  # a new key: A's certificate is no longer the phone's
+    assert store.load_identity() is None and store.load_certificate() is None
     assert store.problems == [f"{KEY_FILE}: no usable {CERT_FILE} to pair with; no identity"]
+    store.save_certificate(IDENTITY_B.certificate)
+    assert _same(StateStore(tmp_path).load_identity(), Identity(KEY_B, IDENTITY_B.certificate))
+    assert not (tmp_path / KEY_FILE).exists()  # joined into identity.pem, no second copy of the key
+    store.save_intermediates([CA2])
+    assert StateStore(tmp_path).load_intermediates() == (CA2,)
+    assert _same(StateStore(tmp_path).load_identity(), Identity(KEY_B, IDENTITY_B.certificate, (CA2,)))
 
 
 def test_validity_needs_the_margin_left(tmp_path: Path) -> None:
@@ -289,19 +361,38 @@ def test_clear_identity_keeps_the_rest(tmp_path: Path) -> None:
     assert again.problems == []
 
 
-@pytest.mark.parametrize(
-    "manifest",
-    [{"kind": "phoneprov-state", "schema": 2}, {"kind": "someone-else", "schema": 1}],
-    ids=["future-schema", "other-kind"],
-)
-def test_a_foreign_manifest_hides_all_state_until_rewritten(tmp_path: Path, manifest: object) -> None:
+def test_a_foreign_manifest_is_set_aside_once_never_overwritten(tmp_path: Path) -> None:
+    """A firmware downgrade: newer state is hidden, then set aside whole by the first write."""
     device = _populated(tmp_path).device_id()
-    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest) + "\n")
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"kind": "phoneprov-state", "schema": 2}) + "\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     store = StateStore(tmp_path)
     assert store.load_identity() is None and store.load_discovery() is None and store.load_progress() is None
     assert len(store.problems) == 1 and "foreign" in store.problems[0] and "ignored" in store.problems[0]
     assert store.device_id() != device  # a foreign device id is not adopted either
-    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["schema"] == 1  # the write re-stamped it
+    assert "moved aside to foreign-" in store.problems[-1]
+    (aside,) = tmp_path.glob("foreign-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == before  # all of it, byte for byte
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["schema"] == 1
+    again = StateStore(tmp_path)
+    again.save_progress(PROGRESS)
+    assert again.device_id() == store.device_id() and again.problems == []
+    assert len(list(tmp_path.glob("foreign-*"))) == 1
+
+
+def test_a_cut_while_setting_foreign_state_aside_keeps_it_foreign(tmp_path: Path) -> None:
+    _populated(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"kind": "someone-else", "schema": 1}) + "\n")
+    with pytest.raises(Crash):
+        StateStore(tmp_path, fault=_crash_at("foreign:before-manifest")).save_progress(PROGRESS)
+    store = StateStore(tmp_path)
+    assert store.load_progress() is None and "foreign" in store.problems[0]  # still hidden, nothing adopted
+    store.save_progress(PROGRESS)
+    assert [p.name for p in tmp_path.glob("foreign-*/*")].count(MANIFEST_FILE) == 1
+    assert sorted(p.name for p in tmp_path.glob("foreign-*/*")) == sorted(
+        [MANIFEST_FILE, IDENTITY_FILE, DEVICE_ID_FILE, DISCOVERY_FILE, PROGRESS_FILE]
+    )
+    assert StateStore(tmp_path).load_progress() == PROGRESS
 
 
 @pytest.mark.parametrize(
@@ -315,15 +406,17 @@ def test_a_damaged_manifest_leaves_each_file_to_be_judged(tmp_path: Path, damage
     assert store.problems and store.problems[0].startswith(f"{MANIFEST_FILE}: ")
 
 
-def test_files_without_a_manifest_still_load(tmp_path: Path) -> None:
-    """The layout of the first StateStore (key + certificate, no manifest) is still read."""
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    pem = KEY_A.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
-    (tmp_path / KEY_FILE).write_bytes(pem)
-    (tmp_path / CERT_FILE).write_bytes(IDENTITY_A.certificate.public_bytes(serialization.Encoding.PEM))
+def test_legacy_files_still_load_and_the_first_bundle_replaces_them(tmp_path: Path) -> None:
+    """A phone upgraded in the field: the three files of the earlier firmware, with or without a manifest."""
+    _legacy(tmp_path)
     store = StateStore(tmp_path)
-    assert _same(store.load_identity(), Identity(KEY_A, IDENTITY_A.certificate))
-    assert store.problems == []
+    assert _same(store.load_identity(), IDENTITY_A) and store.problems == []
+    with pytest.raises(Crash):
+        StateStore(tmp_path, fault=_crash_at("identity:before-rename")).save_identity(IDENTITY_B)
+    assert _same(StateStore(tmp_path).load_identity(), IDENTITY_A)
+    store.save_identity(IDENTITY_B)
+    assert _same(StateStore(tmp_path).load_identity(), IDENTITY_B)
+    assert not any((tmp_path / name).exists() for name in (KEY_FILE, CERT_FILE, CHAIN_FILE))
 
 
 def test_fault_points_come_in_write_order(tmp_path: Path) -> None:
@@ -331,15 +424,15 @@ def test_fault_points_come_in_write_order(tmp_path: Path) -> None:
     store = StateStore(tmp_path, fault=points.append)
     store.save_identity(IDENTITY_A)
     assert points == [
-        "manifest:before-rename", "manifest:after-rename", "key:before-rename", "key:after-rename",
-        "chain:before-rename", "chain:after-rename", "cert:before-rename", "cert:after-rename",
+        "manifest:before-rename", "manifest:after-rename", "identity:before-rename", "identity:after-rename",
     ]  # fmt: skip
     points.clear()
     store.save_progress(PROGRESS)
     store.clear_identity()
+    store.save_key(KEY_B)
     assert points == [
-        "progress:before-rename", "progress:after-rename",
-        "cert:before-unlink", "cert:after-unlink", "key:before-unlink", "key:after-unlink",
+        "progress:before-rename", "progress:after-rename", "identity:before-rename", "identity:after-rename",
+        "key:before-rename", "key:after-rename",
     ]  # fmt: skip
 
 
@@ -363,52 +456,109 @@ def _kill_at(point: str) -> Callable[[str], None]:
     return fault
 
 
-REPLACE_POINTS = [f"{t}:{w}-rename" for t in ("key", "chain", "cert") for w in ("before", "after")]
+def _renewal_points(root: Path) -> list[str]:
+    """Every fault point a renewal (identity B over A) passes, in order: the points a cut can hit."""
+    StateStore(root).save_identity(IDENTITY_A)
+    points: list[str] = []
+    StateStore(root, fault=points.append).save_identity(IDENTITY_B)
+    assert points and set(points) <= set(FAULT_POINTS)
+    return points
 
 
-@pytest.mark.parametrize("point", REPLACE_POINTS)
-def test_an_interrupted_replacement_is_old_new_or_nothing(tmp_path: Path, point: str) -> None:
-    StateStore(tmp_path).save_identity(IDENTITY_A)
-    with pytest.raises(Crash):
-        StateStore(tmp_path, fault=_crash_at(point)).save_identity(IDENTITY_B)
-    got = StateStore(tmp_path).load_identity()
-    if point in ("key:before-rename",):
-        assert _same(got, IDENTITY_A)
-    elif point == "cert:after-rename":
-        assert _same(got, IDENTITY_B)
-    else:  # the new key is in place, the certificate still the old one's
-        assert got is None
-
-
-def test_sigkill_at_every_point_leaves_a_loadable_state(tmp_path: Path) -> None:
-    """The real thing: the process dies (SIGKILL) at each fault point of a replacement and of a clear."""
-    for point in [*REPLACE_POINTS, "cert:after-unlink", "key:after-unlink"]:
+def test_a_renewal_cut_at_any_point_keeps_the_old_identity_or_the_new(tmp_path: Path) -> None:
+    for point in _renewal_points(tmp_path / "probe"):
         root = tmp_path / point.replace(":", "_")
         StateStore(root).save_identity(IDENTITY_A)
-        pid = os.fork()
-        if pid == 0:  # child: never returns into pytest
-            try:
-                store = StateStore(root, fault=_kill_at(point))
-                if point.endswith("unlink"):
-                    store.clear_identity()
-                else:
-                    store.save_identity(IDENTITY_B)
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, point
-        store = StateStore(root)
-        store.tidy()
-        got = store.load_identity()
-        assert got is None or _same(got, IDENTITY_A) or _same(got, IDENTITY_B), point
-        assert not [p for p in root.iterdir() if p.name.startswith(".")], point
+        with pytest.raises(Crash):
+            StateStore(root, fault=_crash_at(point)).save_identity(IDENTITY_B)
+        got = StateStore(root).load_identity()
+        assert _same(got, IDENTITY_B if point.endswith("after-rename") else IDENTITY_A), point
+
+
+def test_sigkill_at_every_point_leaves_the_old_or_the_new_identity(tmp_path: Path) -> None:
+    """The real thing: the process dies (SIGKILL) at each fault point of a renewal and of a clear."""
+    for point in _renewal_points(tmp_path / "probe"):
+        for clear in (False, True):
+            root = tmp_path / f"{point.replace(':', '_')}-{clear}"
+            StateStore(root).save_identity(IDENTITY_A)
+            pid = os.fork()
+            if pid == 0:  # child: never returns into pytest
+                try:
+                    store = StateStore(root, fault=_kill_at(point))
+                    store.clear_identity() if clear else store.save_identity(IDENTITY_B)
+                finally:
+                    os._exit(3)
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, point
+            store = StateStore(root)
+            assert len(store.tidy()) == (1 if point.endswith("before-rename") else 0)
+            got = store.load_identity()
+            if point.endswith("before-rename"):
+                assert _same(got, IDENTITY_A), point
+            else:
+                assert got is None if clear else _same(got, IDENTITY_B), point
+            assert not [p for p in root.iterdir() if p.name.startswith(".")], point
+
+
+def _stale(root: Path) -> bool:
+    (root / f".{PROGRESS_FILE}.stale01").write_bytes(b"{")
+    return True
+
+
+def test_every_write_fsyncs_the_file_then_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durability: each rename follows an fsync of the renamed file and precedes an fsync of the directory,
+    and so does each unlink; without them a power cut could lose a write that had "returned"."""
+    events: list[tuple[str, int]] = []
+    real_fsync, real_replace, real_unlink = os.fsync, os.replace, os.unlink
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        events.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(("rename", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    def unlink(path: str) -> None:
+        real_unlink(path)
+        events.append(("unlink", 0))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "unlink", unlink)
+    root, store = tmp_path / "state", StateStore(tmp_path / "state")
+    ops: dict[str, Callable[[], object]] = {
+        "device id (and manifest)": store.device_id,
+        "identity": lambda: store.save_identity(IDENTITY_A),
+        "key": lambda: store.save_key(KEY_B),
+        "certificate": lambda: store.save_certificate(IDENTITY_B.certificate),
+        "intermediates": lambda: store.save_intermediates([CA1]),
+        "discovery": lambda: store.save_discovery(DISCOVERY),
+        "progress": lambda: store.save_progress(PROGRESS),
+        "clear": store.clear_identity,
+        "tidy": lambda: _stale(root) and store.tidy(),
+    }
+    for what, op in ops.items():
+        events.clear()
+        op()
+        changes = [i for i, (kind, _) in enumerate(events) if kind in ("rename", "unlink")]
+        assert changes, what
+        for n, i in enumerate(changes):
+            kind, ino = events[i]
+            if kind == "rename":
+                assert ("file", ino) in events[changes[n - 1] if n else 0 : i], (what, events)
+            until = changes[n + 1] if n + 1 < len(changes) and kind == "rename" else len(events)
+            assert ("dir", root.stat().st_ino) in events[i:until], (what, events)
 
 
 def test_tidy_removes_only_our_stale_temp_files(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.save_identity(IDENTITY_A)
-    stale = [f".{KEY_FILE}.k3y_tmp1", f".{CERT_FILE}.abcd1234", f".{MANIFEST_FILE}.zz9"]
-    kept = [".bashrc", f".{KEY_FILE}", f"{KEY_FILE}.bak", ".other.file.abcd1234"]
+    stale = [f".{IDENTITY_FILE}.k3y_tmp1", f".{CERT_FILE}.abcd1234", f".{MANIFEST_FILE}.zz9"]
+    kept = [".bashrc", f".{IDENTITY_FILE}", f"{IDENTITY_FILE}.bak", ".other.file.abcd1234"]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"-----BEGIN PRIVATE KEY-----\ntorn")
     assert _same(StateStore(tmp_path).load_identity(), IDENTITY_A)  # loaders never look at temp files

@@ -26,7 +26,7 @@ from agent.clocks import SystemClock
 from agent.net import Resolver
 from agent.phone import StoredIdentity
 from agent.stages import Stage
-from boot.store import Identity, StateStore
+from boot.store import IDENTITY_FILE, Identity, StateStore
 from hal.errors import HalError
 from hal.tether.device import PhoneTether, ServeOutcome, serve
 from hal.tether.framing import (
@@ -211,7 +211,7 @@ def test_provisioning_installs_an_identity_and_the_key_never_crosses(
     identity = r.store.load_identity()
     assert identity is not None and identity.intermediates == (lab.node.ca.issuing,)
     assert result.thumbprint == identity.certificate.fingerprint(hashes.SHA1()).hex().upper()
-    assert stat.S_IMODE(os.stat(r.store.root / "user.key").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(r.store.root / IDENTITY_FILE).st_mode) == 0o600
     published = {c.thumbprint: c for c in lab.node.store.certificates(ALICE)}
     assert published[result.thumbprint].device_id.strip("{}") == r.store.device_id().strip("{}")
     assert result.phone_serial == "SERIAL1" and result.device_id == r.store.device_id()
