@@ -42,8 +42,9 @@ class _JsonLines(logging.Handler):
 def boot_main(path: Path, once: bool = False) -> int:
     cfg = agent_config.load(path)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("phoneprov").setLevel(logging.INFO)  # even when something configured the root first
     if cfg.log_json_path is not None:
-        logging.getLogger().addHandler(_JsonLines(cfg.log_json_path))
+        logging.getLogger("phoneprov").addHandler(_JsonLines(cfg.log_json_path))
     status = BootStatus()
     server = _status_server(status, cfg.status_listen)
     boot = Boot(

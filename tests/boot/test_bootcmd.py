@@ -31,10 +31,13 @@ def test_boot_once_signs_in(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixt
         f'[network]\ndhcp_server = "127.0.0.1:{p.dhcp}"\nanon_http_port = {p.http}\nntp_port = {p.sntp}\n'
         f"registrar_port = {p.sip}\nntp_fallback = []\nset_system_clock = false\n"
         f'hosts = {{ "pool.lab.test" = "127.0.0.1" }}\n[trust]\nextra_roots_dirs = ["{roots}"]\n'
-        '[status]\nlisten = ""\n'
+        f'[status]\nlisten = ""\n[log]\njson_path = "{tmp_path / "phone.jsonl"}"\n'
     )
     assert main(["boot", "--config", str(toml), "--once"]) == 0
     assert "80613" not in capsys.readouterr().err
+    lines = [json.loads(line) for line in (tmp_path / "phone.jsonl").read_text().splitlines()]
+    assert any("SIGNED_IN ok" in rec["msg"] for rec in lines)  # the structured log says what happened …
+    assert "80613" not in (tmp_path / "phone.jsonl").read_text()  # … and never the PIN
 
 
 def test_bad_agent_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
