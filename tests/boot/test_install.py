@@ -162,7 +162,11 @@ def test_phoneprov_unit_says_what_the_phone_needs() -> None:
     assert {k: d[k] for k in want} == {k: [v] for k, v in want.items()}
     caps = {"CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_TIME", "CAP_NET_ADMIN"}
     assert set(d["CapabilityBoundingSet"][0].split()) == caps == set(d["AmbientCapabilities"][0].split())
-    assert set(d["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_UNIX", "AF_NETLINK"}  # no raw packets
+    assert set(d["RestrictAddressFamilies"][0].split()) == {
+        "AF_INET",
+        "AF_UNIX",
+        "AF_NETLINK",
+    }  # no raw packets
     assert {"@system-service", "@clock"} <= set(d["SystemCallFilter"][0].split())  # clock_settime is @clock
     assert "ProtectClock" not in d and "PrivateDevices" not in d  # CAP_SYS_TIME, /dev/ttyGS0
     text = (BOOT / "phoneprov.service").read_text()
