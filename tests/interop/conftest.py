@@ -3,6 +3,7 @@ where this machine cannot create namespaces or lacks the server under test."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -34,3 +35,26 @@ def need(binary: str) -> str:
         print(f"SKIP interop: {reason}", file=sys.stderr)
         pytest.skip(reason)
     return path
+
+
+def discover(lab: NetLab, *extra: str) -> tuple[int, dict[str, object]]:
+    """`phoneprov discover` run inside the phone's namespace: its exit code and JSON document."""
+    done = lab.run(
+        lab.cli,
+        [
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "discover",
+            "--interface",
+            lab.cli_if,
+            "--json",
+            "--tries",
+            "2",
+            "--interval",
+            "1",
+            *extra,
+        ],
+    )
+    doc: dict[str, object] = json.loads(done.stdout)
+    return done.returncode, doc

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
 
 from agent.wire import dhcp
-from tests.interop.conftest import need
+from tests.interop.conftest import discover, need
 from tests.interop.netns import SERVER_IP, NetLab
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -27,27 +26,6 @@ def start_pool(lab: NetLab) -> None:
         lab.workdir / "pool.log",
     )
     lab.wait_udp_listener(lab.srv, 67, timeout_s=30)
-
-
-def discover(lab: NetLab, *extra: str) -> tuple[int, dict[str, object]]:
-    done = lab.run(
-        lab.cli,
-        [
-            sys.executable,
-            "-m",
-            "tools.cli",
-            "discover",
-            "--interface",
-            lab.cli_if,
-            "--json",
-            "--tries",
-            "2",
-            "--interval",
-            "1",
-            *extra,
-        ],
-    )
-    return done.returncode, json.loads(done.stdout)
 
 
 def test_phone_discovers_our_responder_on_an_interface(netlab: NetLab) -> None:

@@ -3,13 +3,12 @@ configured from `phoneprov dhcp-config` output, so the generator is proven by th
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import need
+from tests.interop.conftest import discover, need
 from tests.interop.netns import SERVER_IP, NetLab
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -55,26 +54,6 @@ def start_dnsmasq(lab: NetLab, conf_text: str) -> None:
         lab.srv, [need("dnsmasq"), "--keep-in-foreground", f"--conf-file={conf}"], lab.workdir / "dnsmasq.log"
     )
     lab.wait_udp_listener(lab.srv, 67)
-
-
-def discover(lab: NetLab) -> tuple[int, dict[str, object]]:
-    done = lab.run(
-        lab.cli,
-        [
-            sys.executable,
-            "-m",
-            "tools.cli",
-            "discover",
-            "--interface",
-            lab.cli_if,
-            "--json",
-            "--tries",
-            "2",
-            "--interval",
-            "1",
-        ],
-    )
-    return done.returncode, json.loads(done.stdout)
 
 
 def assert_found(doc: dict[str, object], registrar: str = "sip.uclab.test") -> None:
