@@ -58,3 +58,22 @@ def discover(lab: NetLab, *extra: str) -> tuple[int, dict[str, object]]:
     )
     doc: dict[str, object] = json.loads(done.stdout)
     return done.returncode, doc
+
+
+def run_dhcpcd(lab: NetLab, vendor_class: str, *mode: str) -> dict[str, str]:
+    """dhcpcd (an independent DHCP client) in the phone's namespace: ``-T -s ADDR`` for an INFORM, ``-1`` for a
+    real lease. Returns the environment its hook saw ({} when no answer ran the hook)."""
+    env_file = lab.workdir / "dhcpcd.env"
+    env_file.unlink(missing_ok=True)
+    hook = lab.workdir / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nenv > {env_file}\n")
+    hook.chmod(0o755)
+    conf = lab.workdir / "dhcpcd.conf"
+    conf.write_text(
+        f"vendorclassid {vendor_class}\noption vendor_encapsulated_options, sip_server, ntp_servers\n"
+        "ipv4only\nnoipv4ll\nnodelay\nnoarp\n"
+    )
+    lab.run(lab.cli, [need("dhcpcd"), "-f", str(conf), "-c", str(hook), "-4", "-t", "10", *mode, lab.cli_if])
+    if not env_file.exists():
+        return {}
+    return dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from agent.wire import dhcp
-from tests.interop.conftest import discover, need
+from tests.interop.conftest import discover, need, run_dhcpcd
 from tests.interop.netns import SERVER_IP, NetLab
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -48,37 +48,10 @@ def test_voice_vlan_from_the_cpe_ocphone_inform(netlab: NetLab) -> None:
 
 
 def test_dhcpcd_inform_is_answered_by_our_responder(netlab: NetLab) -> None:
-    dhcpcd = need("dhcpcd")
+    need("dhcpcd")
     start_pool(netlab)
-    env_file = netlab.workdir / "dhcpcd.env"
-    script = netlab.workdir / "hook.sh"
-    script.write_text(f"#!/bin/sh\nenv > {env_file}\n")
-    script.chmod(0o755)
-    conf = netlab.workdir / "dhcpcd.conf"
-    conf.write_text(
-        "vendorclassid MS-UC-Client\noption vendor_encapsulated_options, sip_server, ntp_servers\n"
-        "ipv4only\nnoipv4ll\nnodelay\nnoarp\n"
-    )
-    done = netlab.run(
-        netlab.cli,
-        [
-            dhcpcd,
-            "-f",
-            str(conf),
-            "-c",
-            str(script),
-            "-T",
-            "-4",
-            "-t",
-            "10",
-            "-s",
-            "192.0.2.50/24",
-            netlab.cli_if,
-        ],
-        timeout_s=60,
-    )
-    assert env_file.exists(), done.stderr[-500:]
-    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    env = run_dhcpcd(netlab, "MS-UC-Client", "-T", "-s", "192.0.2.50/24")
+    assert env, "dhcpcd got no answer"
     info = dhcp.decode_option43(bytes.fromhex(env["new_vendor_encapsulated_options"].replace(":", "")))
     assert info is not None and info.certprov_url.startswith("https://pool.lab.test:443/")
     assert env.get("new_sip_server", "").rstrip(".") == "pool.lab.test"
