@@ -8,24 +8,31 @@ source (inline, a 0600 file, or an environment variable) and never appears in a 
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import certs
 from agent.clock import TimeConfig
 from agent.discovery import DiscoveryConfig
 from agent.phone import PhoneConfig
-from agent.stages import one_line
+from boot.configtable import (
+    ConfigError,
+    Table,
+    dns_name,
+    ifname,
+    ipv4,
+    parse_address,
+    show,
+    url_check,
+)
 
 DEFAULT_PATH = Path("/etc/phoneprov/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/phoneprov")
@@ -36,21 +43,7 @@ _PIN_FILE_MAX = 256  # a PIN file holds one short line; anything bigger is the w
 _USERNAME = re.compile(r"\+?[0-9]{1,15}", re.ASCII)  # E.164 number or an extension
 _PIN = re.compile(r"[0-9]{4,24}", re.ASCII)  # protocol.md §12: PIN length range 4–24
 _SIP_URI = re.compile(r"sip:[^@\s;]+@[A-Za-z0-9.-]+", re.IGNORECASE)
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
-_IFNAME = re.compile(r"[^\s/:]{1,15}")  # Linux IFNAMSIZ - 1, no slash, colon or blank
-
-
-class ConfigError(ValueError):
-    """A mistake in the phone's configuration, as one line: ``FILE: [section] key: what is wrong``."""
-
-    def __init__(self, where: str, problem: str, section: str | None = None, key: str | None = None) -> None:
-        self.where, self.section, self.key, self.problem = where, section, key, problem
-        place = "".join((f" [{section}]" if section else "", f" {key}" if key else ""))
-        super().__init__(
-            one_line(f"{where}:{place}: {problem}" if place else f"{where}: {problem}", limit=400)
-        )
 
 
 @dataclass(frozen=True)
@@ -184,7 +177,7 @@ def from_dict(
             raise ConfigError(where, f"unknown section (known: {', '.join(sections)})", str(name))
     if "phone" not in data:
         raise ConfigError(where, "missing: the phone's username and PIN source live here", "phone")
-    t = {name: _Table(where, name, data.get(name, {}), base) for name in sections}
+    t = {name: Table(where, name, data.get(name, {}), base) for name in sections}
     config = AgentConfig(
         path=Path(where),
         phone=_phone(t["phone"], os.environ if environ is None else environ),
@@ -200,76 +193,7 @@ def from_dict(
     return config
 
 
-class _Table:
-    """One ``[section]``: typed getters that consume keys, so leftovers are unknown keys."""
-
-    def __init__(self, where: str, name: str, data: object, base: Path) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(where, "must be a table", name)
-        self.where, self.name, self.data, self.base = where, name, dict(data), base
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.where, problem, self.name, key)
-
-    def text(
-        self,
-        key: str,
-        default: str | None = None,
-        valid: Callable[[str], object] | None = None,
-        want: str = "",
-    ) -> str | None:
-        """A string (None when absent and no default); ``valid`` checks it, ``want`` says what it must be."""
-        value = self.data.pop(key, default)
-        if value is not None and (not isinstance(value, str) or (valid is not None and not valid(value))):
-            raise self.error(key, f"must be {want or 'a string in quotes'}, got {_show(value)}")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.data.pop(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, got {_show(value)}")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self.data.pop(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise self.error(key, f"must be a whole number {low}..{high}, got {_show(value)}")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float | None = None) -> float:
-        value = self.data.pop(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise self.error(key, f"must be a finite number, got {_show(value)}")
-        if value < low or (high is not None and value > high):
-            limit = f"{low:g}..{high:g}" if high is not None else f">= {low:g}"
-            raise self.error(key, f"must be {limit}, got {value!r}")
-        return float(value)
-
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.data.pop(key, list(default))
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(key, f"must be a list of non-empty strings, got {_show(value)}")
-        return tuple(value)
-
-    def path(self, key: str, default: Path | None = None) -> Path | None:
-        value = self.text(key)
-        if value is None:
-            return default
-        if not value or "\0" in value:
-            raise self.error(key, "must be a file or directory path")
-        return self.base / value
-
-    def paths(self, key: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
-        if key not in self.data:
-            return default
-        return tuple(self.base / p for p in self.strings(key, ()))
-
-    def finish(self) -> None:
-        if self.data:
-            raise self.error(str(sorted(self.data)[0]), "unknown key")
-
-
-def _phone(t: _Table, environ: Mapping[str, str]) -> PhoneSettings:
+def _phone(t: Table, environ: Mapping[str, str]) -> PhoneSettings:
     username = t.text("username", valid=_USERNAME.fullmatch, want="a phone number (+digits) or an extension")
     if username is None:
         raise t.error("username", "required: the phone number or extension the user types")
@@ -283,7 +207,7 @@ def _phone(t: _Table, environ: Mapping[str, str]) -> PhoneSettings:
     return PhoneSettings(username, pin, source, sip_uri, state_dir, key_bits)
 
 
-def _pin(t: _Table, environ: Mapping[str, str]) -> tuple[str, str]:
+def _pin(t: Table, environ: Mapping[str, str]) -> tuple[str, str]:
     """Exactly one PIN source; the PIN itself is never echoed."""
     given = [name for name in PIN_SOURCES if name in t.data]
     if len(given) != 1:
@@ -311,7 +235,7 @@ def _pin(t: _Table, environ: Mapping[str, str]) -> tuple[str, str]:
     return pin, source
 
 
-def _read_pin_file(t: _Table, path: Path) -> str:
+def _read_pin_file(t: Table, path: Path) -> str:
     """The PIN file must be a regular file no one but its owner can read (mode 0600 or stricter)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -333,12 +257,12 @@ def _read_pin_file(t: _Table, path: Path) -> str:
     return data.decode("utf-8", "replace").strip()
 
 
-def _network(t: _Table) -> NetworkSettings:
-    interface = t.text("interface", valid=_ifname, want="a network interface name like eth0")
+def _network(t: Table) -> NetworkSettings:
+    interface = t.text("interface", valid=ifname, want="a network interface name like eth0")
     server = t.text("dhcp_server")
-    dhcp_server = _address(t, "dhcp_server", server, 67) if server is not None else None
-    url = t.text("certprov_url", valid=_url(("https",)), want="an https:// URL with a host")
-    registrar = t.text("registrar_fqdn", valid=_dns_name, want="a DNS name")
+    dhcp_server = parse_address(t, "dhcp_server", server, 67) if server is not None else None
+    url = t.text("certprov_url", valid=url_check(("https",)), want="an https:// URL with a host")
+    registrar = t.text("registrar_fqdn", valid=dns_name, want="a DNS name")
     registrar_port = t.integer("registrar_port", 5061, 1, 65535) if "registrar_port" in t.data else None
     if interface and dhcp_server:
         raise t.error("dhcp_server", "give interface or dhcp_server, not both")
@@ -350,8 +274,8 @@ def _network(t: _Table) -> NetworkSettings:
         )
     fallback = t.strings("ntp_fallback", NetworkSettings.ntp_fallback)
     for name in fallback:
-        if not _dns_name(name):
-            raise t.error("ntp_fallback", f"{_show(name)} is not a host name or IPv4 address")
+        if not dns_name(name):
+            raise t.error("ntp_fallback", f"{show(name)} is not a host name or IPv4 address")
     return NetworkSettings(
         interface=interface,
         dhcp_server=dhcp_server,
@@ -367,7 +291,7 @@ def _network(t: _Table) -> NetworkSettings:
     )
 
 
-def _hosts(t: _Table) -> dict[str, str]:
+def _hosts(t: Table) -> dict[str, str]:
     """NAME = "ADDR" pairs, the phone's /etc/hosts for names a lab's DNS does not know."""
     table = t.data.pop("hosts", None)
     if table is None:
@@ -376,20 +300,22 @@ def _hosts(t: _Table) -> dict[str, str]:
         raise t.error("hosts", 'must be a table of NAME = "IPv4 address"')
     hosts: dict[str, str] = {}
     for name, address in table.items():
-        if not _dns_name(name):
+        if not dns_name(name):
             raise t.error(f"hosts.{name}", "is not a DNS name")
-        if not isinstance(address, str) or not _ipv4(address):
-            raise t.error(f"hosts.{name}", f"must be an IPv4 address in quotes, got {_show(address)}")
+        if not isinstance(address, str) or not ipv4(address):
+            raise t.error(f"hosts.{name}", f"must be an IPv4 address in quotes, got {show(address)}")
         hosts[name.rstrip(".").lower()] = address
     return hosts
 
 
-def _retry(t: _Table) -> RetrySettings:
+def _retry(t: Table) -> RetrySettings:
     base = t.number("base_s", 5.0, low=0.001)
     cap = t.number("cap_s", 300.0, low=0.001)
     if cap < base:
         raise t.error("cap_s", f"must be at least base_s ({base:g}), got {cap:g}")
-    url = t.text("rig_power_cycle_url", valid=_url(("http", "https")), want="an http(s):// URL with a host")
+    url = t.text(
+        "rig_power_cycle_url", valid=url_check(("http", "https")), want="an http(s):// URL with a host"
+    )
     return RetrySettings(
         base_s=base,
         cap_s=cap,
@@ -399,54 +325,8 @@ def _retry(t: _Table) -> RetrySettings:
     )
 
 
-def _listen(t: _Table) -> tuple[str, int] | None:
+def _listen(t: Table) -> tuple[str, int] | None:
     value = t.text("listen", "127.0.0.1:8765")
     if not value:
         return None
-    return _address(t, "listen", value, None)
-
-
-def _address(t: _Table, key: str, value: str, default_port: int | None) -> tuple[str, int]:
-    """``ADDR[:PORT]`` with an IPv4 address; the port is required when there is no default."""
-    host, colon, port = value.partition(":")
-    form = "ADDR:PORT" if default_port is None else "ADDR[:PORT]"
-    if not _ipv4(host) or (colon and not _PORT.fullmatch(port)) or (default_port is None and not colon):
-        raise t.error(key, f"must be {form} with an IPv4 address, got {_show(value)}")
-    number = int(port) if colon else default_port
-    if number is None or not 1 <= number <= 65535:
-        raise t.error(key, f"port must be 1..65535, got {_show(value)}")
-    return host, number
-
-
-def _ipv4(text: str) -> bool:
-    try:
-        IPv4Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _dns_name(value: str) -> bool:
-    name = value.rstrip(".")
-    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(p) for p in name.split("."))
-
-
-def _url(schemes: tuple[str, ...]) -> Callable[[str], bool]:
-    def valid(value: str) -> bool:
-        try:
-            parts = urlsplit(value)
-            _ = parts.port  # raises ValueError for a port that is not a number 0..65535
-        except ValueError:
-            return False
-        return parts.scheme.lower() in schemes and bool(parts.hostname) and value.isprintable()
-
-    return valid
-
-
-def _ifname(value: str) -> bool:
-    return bool(_IFNAME.fullmatch(value)) and value not in (".", "..")
-
-
-def _show(value: object) -> str:
-    """A value for an error message: short, one line."""
-    return one_line(repr(value), limit=60)
+    return parse_address(t, "listen", value, None)
