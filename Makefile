@@ -30,6 +30,7 @@ demo: $(STAMP) $(ROOTS)
 	$(BIN)/phoneprov demo --fault datastore
 	$(BIN)/phoneprov demo --fault chain
 	$(BIN)/phoneprov demo --fault registrar
+	$(BIN)/phoneprov demo --rig
 
 test: $(STAMP) $(ROOTS) lint
 	$(BIN)/python -m pytest -q

@@ -104,6 +104,10 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "The Web Ticket service refused the user's credential (Basic sign-in).",
         "Check the user's SIP address and lab password (`phoneprov pool set-password`).",
     ),
+    (Stage.WEB_TICKET, "NO_PIN"): (
+        "This phone has no PIN configured, so it cannot get a certificate over the network (none is sent).",
+        "Provision it over the USB tether (`phoneprov tether provision` on the PC), or set a PIN in agent.toml.",
+    ),
     (Stage.WEB_TICKET, "2001"): ("Wrong phone number/extension or PIN.", "Re-enter the number and PIN."),
     (Stage.WEB_TICKET, "2002"): (
         "PIN authentication is locked for this user (too many wrong PINs).",

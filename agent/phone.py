@@ -272,11 +272,19 @@ class Phone:
     ) -> x509.Certificate:
         """WEB_TICKET, CERT_REQUEST (key + CSR + GetAndPublishCert), CERT_PUBLISH (the returned certificate)."""
         cfg = self.cfg
+
+        def get_ticket() -> ticket.Ticket:
+            if not cfg.pin:  # a tether-only phone: an empty PIN would count as a wrong one at the pool
+                raise StageError(
+                    Stage.WEB_TICKET, "NO_PIN", "no PIN on this phone: its certificate comes over USB"
+                )
+            return ticket.request_ticket(
+                http, ticket.find_endpoints(http, certprov_url), cfg.username, cfg.pin, cfg.sip_uri
+            )
+
         held = self.runner.run(
             Stage.WEB_TICKET,
-            lambda: ticket.request_ticket(
-                http, ticket.find_endpoints(http, certprov_url), cfg.username, cfg.pin, cfg.sip_uri
-            ),
+            get_ticket,
             lambda t: f"ticket for {t.sip_uri}, valid until {t.expires:%Y-%m-%d %H:%M}Z",
         )
         p.sip_uri = held.sip_uri

@@ -24,7 +24,9 @@ from agent.clock import TimeConfig
 from agent.discovery import DiscoveryConfig
 from agent.phone import PhoneConfig
 from boot.configtable import (
-    ConfigError,
+    ConfigError as ConfigError,  # re-exported: callers catch boot.config.ConfigError
+)
+from boot.configtable import (
     Table,
     dns_name,
     ifname,
@@ -76,6 +78,14 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class TetherSettings:
+    """[tether]: the USB gadget port a PC provisions the phone through while it has no certificate."""
+
+    port: str | None = None  # e.g. /dev/ttyGS0; None: no tether
+    phone_serial: str | None = None  # what the PC looks for; default: the board's serial (usb-gadget.sh)
+
+
+@dataclass(frozen=True)
 class RetrySettings:
     """[retry]: backoff between sign-in attempts; 0 for ``budget_s``/``max_attempts`` means no limit."""
 
@@ -98,6 +108,12 @@ class AgentConfig:
     renewal_margin_hours: float = 24.0
     status_listen: tuple[str, int] | None = ("127.0.0.1", 8765)
     log_json_path: Path | None = None
+    tether: TetherSettings = field(default_factory=TetherSettings)
+
+    @property
+    def tether_only(self) -> bool:
+        """No PIN on the phone: certificates come over the USB tether only."""
+        return not self.phone.pin
 
     @property
     def renewal_margin(self) -> timedelta:
@@ -171,29 +187,31 @@ def from_dict(
     environ: Mapping[str, str] | None = None,
 ) -> AgentConfig:
     """Validate an already parsed document (relative paths are taken from ``base``)."""
-    sections = ("phone", "network", "trust", "retry", "renewal", "status", "log")
+    sections = ("phone", "network", "trust", "retry", "renewal", "status", "log", "tether")
     for name in data:
         if name not in sections:
             raise ConfigError(where, f"unknown section (known: {', '.join(sections)})", str(name))
     if "phone" not in data:
         raise ConfigError(where, "missing: the phone's username and PIN source live here", "phone")
     t = {name: Table(where, name, data.get(name, {}), base) for name in sections}
+    tether = _tether(t["tether"])
     config = AgentConfig(
         path=Path(where),
-        phone=_phone(t["phone"], os.environ if environ is None else environ),
+        phone=_phone(t["phone"], os.environ if environ is None else environ, tether.port is not None),
         network=_network(t["network"]),
         extra_roots_dirs=t["trust"].paths("extra_roots_dirs", AgentConfig.extra_roots_dirs),
         retry=_retry(t["retry"]),
         renewal_margin_hours=t["renewal"].number("margin_hours", 24.0, low=0.0, high=8760.0),
         status_listen=_listen(t["status"]),
         log_json_path=t["log"].path("json_path"),
+        tether=tether,
     )
     for table in t.values():
         table.finish()
     return config
 
 
-def _phone(t: Table, environ: Mapping[str, str]) -> PhoneSettings:
+def _phone(t: Table, environ: Mapping[str, str], tethered: bool) -> PhoneSettings:
     username = t.text("username", valid=_USERNAME.fullmatch, want="a phone number (+digits) or an extension")
     if username is None:
         raise t.error("username", "required: the phone number or extension the user types")
@@ -203,6 +221,10 @@ def _phone(t: Table, environ: Mapping[str, str]) -> PhoneSettings:
     key_bits = t.integer("key_bits", 2048, 2048, 4096)  # larger keys take minutes on a Pi: past the watchdog
     if key_bits % 1024:
         raise t.error("key_bits", f"must be 2048, 3072 or 4096, got {key_bits}")
+    if tethered and not any(name in t.data for name in PIN_SOURCES):
+        return PhoneSettings(
+            username, "", "none: certificates come over the USB tether", sip_uri, state_dir, key_bits
+        )
     pin, source = _pin(t, environ)
     return PhoneSettings(username, pin, source, sip_uri, state_dir, key_bits)
 
@@ -211,7 +233,7 @@ def _pin(t: Table, environ: Mapping[str, str]) -> tuple[str, str]:
     """Exactly one PIN source; the PIN itself is never echoed."""
     given = [name for name in PIN_SOURCES if name in t.data]
     if len(given) != 1:
-        found = f" (found {', '.join(given)})" if given else ""
+        found = f" (found {', '.join(given)})" if given else " (or [tether] port for a USB-provisioned phone)"
         raise t.error(given[-1] if given else "pin", f"set exactly one of pin, pin_file, pin_env{found}")
     raw = t.data.get(given[0])
     if given[0] == "pin_env" and not (isinstance(raw, str) and _ENV_NAME.fullmatch(raw)):
@@ -306,6 +328,16 @@ def _hosts(t: Table) -> dict[str, str]:
             raise t.error(f"hosts.{name}", f"must be an IPv4 address in quotes, got {show(address)}")
         hosts[name.rstrip(".").lower()] = address
     return hosts
+
+
+def _tether(t: Table) -> TetherSettings:
+    port = t.text(
+        "port", valid=lambda v: v.startswith("/") and "\0" not in v, want="a device path like /dev/ttyGS0"
+    )
+    serial = t.text(
+        "phone_serial", valid=lambda v: 0 < len(v) <= 126 and v.isprintable(), want="a USB serial number"
+    )
+    return TetherSettings(port, serial)
 
 
 def _retry(t: Table) -> RetrySettings:

@@ -57,6 +57,7 @@ RULES: dict[str, tuple[Kind, str]] = {
     "2005": (_P, "PIN authentication is disabled"),
     "2006": (_P, "the SIP address does not match the PIN's user"),
     "CREDENTIAL": (_P, "the credential was refused; retrying would count toward the lockout"),
+    "NO_PIN": (_P, "no PIN on this phone: its certificate comes over the USB tether"),
     # trust: only a new chain or a new shipped root helps
     "CHAIN_INCOMPLETE": (_P, "the chain has no path to a shipped root (failure 3)"),
     "CHAIN_INVALID": (_P, "the chain reaches a shipped root but is not valid"),

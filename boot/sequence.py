@@ -8,6 +8,10 @@ kept for the next attempt. Failures go through the retry policy: transient ones 
 inside a budget that starts at the first failure; permanent ones wait for the operator — and a refused PIN is
 not tried again until the PIN itself changes, so a phone never locks its user out. Stage progress is the
 watchdog's heartbeat. SIGTERM is honoured between stages, never in the middle of a state write.
+
+With ``[tether] port`` the phone also serves the USB tether whenever it has no usable certificate (none yet,
+one due for renewal, or one the registrar refused): the first certificate to arrive, over the network or the
+cable, wins, and the phone goes straight to REGISTER with it. A phone without a PIN relies on the tether alone.
 """
 
 from __future__ import annotations
@@ -17,52 +21,36 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent import enroll
 from agent.clocks import Clock, SystemClock
 from agent.phone import Phone, PhoneRun, StoredIdentity
 from agent.register import RegistrarSession
 from agent.stages import AgentError, Stage, StageResult
 from agent.truststore import TrustStore
 from boot.config import AgentConfig
+from boot.identity import IdentityKeeper, KeyPrefetch
 from boot.retry import Backoff, Decision, RetryPolicy
 from boot.sdnotify import Notifier
 from boot.status import BootStatus
 from boot.store import Identity, LastDiscovery, StageProgress, StateStore
+from boot.tether import TetherService, read_phone_serial
 
 log = logging.getLogger("phoneprov.boot")
 UNLIMITED = 10**9
 OPERATOR_POLL_S = 60.0  # how often a phone waiting for its operator looks for a changed configuration
 OPERATOR_RETRY_S = 3600.0  # other permanent failures (an untrusted chain, …) are tried again hourly
 # Refusals of the user's credential: retrying the same PIN can only lock the user out.
-CREDENTIAL_CODES = {"2001", "2002", "2003", "2004", "2005", "2006", "CREDENTIAL"}
+CREDENTIAL_CODES = {"2001", "2002", "2003", "2004", "2005", "2006", "CREDENTIAL", "NO_PIN"}
+WAKE_S = 1.0  # waits are sliced so SIGTERM and a certificate from the tether are noticed within a second
 
 
 class Stopping(Exception):
     """SIGTERM arrived; raised only at safe points (between attempts, while waiting)."""
-
-
-class KeyPrefetch:
-    """RSA key generation started now, joined when CERT_REQUEST needs it: cold sign-in ≈ max(keygen, network)."""
-
-    def __init__(self, bits: int) -> None:
-        self._future: Future[rsa.RSAPrivateKey] = Future()
-        threading.Thread(target=self._make, args=(bits,), name="keygen", daemon=True).start()
-
-    def _make(self, bits: int) -> None:
-        try:
-            self._future.set_result(enroll.generate_key(bits))
-        except BaseException as exc:  # surfaced in get(), in the stage that needs the key
-            self._future.set_exception(exc)
-
-    def get(self) -> rsa.RSAPrivateKey:
-        return self._future.result()
 
 
 def _policy(cfg: AgentConfig) -> RetryPolicy:
@@ -91,6 +79,7 @@ class Boot:
         power_cycle: Callable[[], None] | None = None,
         rng: random.Random | None = None,
         reload: Callable[[], AgentConfig] | None = None,
+        tether: TetherService | None = None,
     ) -> None:
         self.cfg, self.clock = cfg, clock or SystemClock()
         self.store = store or StateStore(cfg.phone.state_dir)
@@ -106,6 +95,20 @@ class Boot:
         self._renew_after: datetime | None = None  # after a failed renewal: not before this (backoff)
         self._force_enrol = False
         self._renew_tries = 0
+        self.identity = IdentityKeeper(self.store, self._margin, lambda: self.phone_clock.now())
+        self.identity.tether = tether if tether is not None else self._make_tether()
+
+    def _make_tether(self) -> TetherService | None:
+        t = self.cfg.tether
+        if t.port is None:
+            return None
+        serial = t.phone_serial or read_phone_serial()
+        install = self.identity.install_from_tether
+        return TetherService(t.port, self.store.device_id(), serial, self.trust, install, clock=self.clock)
+
+    @property
+    def tether(self) -> TetherService | None:
+        return self.identity.tether
 
     # -- one attempt ---------------------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class Boot:
             fresh = stored is None or run.certificate != stored.certificate
             if fresh and run.certificate is not None and run.key is not None:
                 chain = run.trust.intermediates if run.trust is not None else ()
-                self.store.save_identity(Identity(run.key, run.certificate, chain))
+                self.identity.save_from_network(Identity(run.key, run.certificate, chain))
         except OSError as exc:  # the sign-in stands; the next boot enrols again if the identity was lost
             log.error("cannot store state in %s: %s", self.store.root, exc)
         self.status.identity(run.certificate)
@@ -196,6 +199,8 @@ class Boot:
             while until is None or self.clock.now() < until:
                 if self.stopping.is_set() or (max_attempts is not None and attempt >= max_attempts):
                     break
+                self.identity.sync_tether()
+                self.identity.arrived.clear()  # the attempt loads whatever identity is stored now
                 run = self._safe_attempt(attempt + 1)
                 if run is not None and run.ok and run.session is not None:
                     attempt, failed_since = 0, None
@@ -203,7 +208,9 @@ class Boot:
                     self._keep(until)
                     continue
                 if run is not None and self._stored_identity_refused(run):
-                    self._force_enrol = True  # the pool no longer knows the stored certificate: enrol anew
+                    self.identity.refused = self._force_enrol = (
+                        True  # the pool no longer knows the stored certificate: enrol anew
+                    )
                     log.warning("the registrar refused the stored certificate: enrolling a new one")
                     continue
                 failed_since = self.clock.monotonic() if failed_since is None else failed_since
@@ -276,9 +283,16 @@ class Boot:
             self._wait(OPERATOR_RETRY_S, until)
             return
         refused = self._pin_fingerprint()
-        log.warning("the pool refused the credential (%s %s): waiting for a new PIN", diag.stage, diag.code)
+        if diag.code == "NO_PIN":
+            log.warning("no PIN on this phone: waiting for a certificate over the USB tether (or a PIN)")
+        else:
+            log.warning(
+                "the pool refused the credential (%s %s): waiting for a new PIN", diag.stage, diag.code
+            )
         while until is None or self.clock.now() < until:
             self._wait(OPERATOR_POLL_S, until)
+            if self.identity.arrived.is_set():
+                return
             if self._pin_fingerprint() != refused:
                 log.info("the PIN changed: trying again")
                 return
@@ -295,6 +309,9 @@ class Boot:
     def _stay(self, session: RegistrarSession, until: datetime | None) -> None:
         """Keep the registration alive; renew the certificate before it gets too short; return on failure."""
         while until is None or self.clock.now() < until:
+            self.identity.sync_tether()
+            if self.identity.arrived.is_set() and self._adopt():
+                return
             now = self.phone_clock.now()
             if self._renewal_due(now) and self._renew():
                 return  # signed in with the new certificate; the caller's loop takes the new session
@@ -308,6 +325,22 @@ class Boot:
                 return
             self.notifier.watchdog()
             self._wait(self._next_wake(session, now), until)
+
+    def _adopt(self) -> bool:
+        """Sign in with the certificate the tether installed, then drop the old registration."""
+        self.identity.arrived.clear()
+        run = self.attempt(1)
+        if run.ok and run.session is not None:
+            self._renew_after, self._renew_tries = None, 0
+            self._signed_in(run)
+            return True
+        if run.session is not None:
+            run.session.close()
+        log.warning(
+            "the certificate from the tether did not sign in, the current registration stays: %s",
+            run.diagnosis,
+        )
+        return False
 
     def _renewal_due(self, now: datetime) -> bool:
         identity = self.store.load_identity()
@@ -326,7 +359,10 @@ class Boot:
         if run.session is not None:
             run.session.close()
         diag = run.diagnosis
-        if diag is not None and diag.code in CREDENTIAL_CODES:
+        if diag is not None and diag.code == "NO_PIN":
+            wait = timedelta(hours=1)  # the tether serves meanwhile; a new certificate wakes the phone
+            log.warning("renewal due and this phone has no PIN: provision it over the USB tether")
+        elif diag is not None and diag.code in CREDENTIAL_CODES:
             wait = timedelta(
                 days=3650
             )  # never guess again with a refused PIN; the old certificate still works
@@ -349,10 +385,12 @@ class Boot:
     def _wait(self, seconds: float, until: datetime | None) -> None:
         if until is not None:
             seconds = min(seconds, max(0.0, (until - self.clock.now()).total_seconds()))
-        step = self.notifier.watchdog_interval_s() or seconds
+        step = min(self.notifier.watchdog_interval_s() or WAKE_S, WAKE_S)
         while seconds > 0:
             if self.stopping.is_set():
                 raise Stopping
+            if self.identity.arrived.is_set():
+                return
             chunk = min(seconds, step)
             self.clock.sleep(chunk)
             self.notifier.watchdog()

@@ -18,8 +18,8 @@ from agent.diagnosis import Diagnosis
 from agent.stages import StageResult
 
 
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def _iso(dt: datetime, timespec: str = "seconds") -> str:
+    return dt.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 class BootStatus:
@@ -34,7 +34,8 @@ class BootStatus:
             "last_error": None,
             "attempt": 0,
             "next_attempt_at": None,
-            "boot_started_at": _iso(datetime.now(UTC)),
+            # ms: the rig tells a new boot from the old one by this, and a power-cycle can take under 1 s
+            "boot_started_at": _iso(datetime.now(UTC), "milliseconds"),
         }
 
     def update(self, **fields: Any) -> None:

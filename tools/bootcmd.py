@@ -67,6 +67,8 @@ def boot_main(path: Path, once: bool = False) -> int:
         return boot.run()
     finally:
         boot.notifier.stopping()
+        if boot.tether is not None:
+            boot.tether.stop()
         if boot.session is not None:
             try:
                 boot.session.unregister()  # a clean shutdown says goodbye; a power cut cannot

@@ -46,11 +46,18 @@ def _build() -> argparse.ArgumentParser:
         description="Start a lab pool on loopback and boot an emulated phone through every stage. "
         "With --fault, show a field failure, its diagnosis, the repair and the recovery.",
     )
-    d.add_argument(
+    which = d.add_mutually_exclusive_group()
+    which.add_argument(
         "--fault",
         choices=demo.FAULTS,
         help="datastore: store unavailable (3005); chain: no path to a shipped root; "
         "registrar: registrar unhealthy (4105)",
+    )
+    which.add_argument(
+        "--rig",
+        action="store_true",
+        help="power the phone from relay 2 of an emulated LCUS-4 board on a pty; the real rig code "
+        "power-cycles it and measures the time to SIGNED_IN",
     )
     d.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     d.add_argument("--workdir", type=Path, help="keep pool and phone state here (default: a temp dir)")
@@ -238,10 +245,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.rig:
+        return _rig_demo(args)
     emit = (lambda kind, value: None) if args.json else report.text_printer(sys.stdout)
     outcome = demo.run_demo(args.fault, args.workdir, emit)
     if args.json:
         print(json.dumps(report.demo_document(outcome), indent=2))
+    return outcome.exit_code
+
+
+def _rig_demo(args: argparse.Namespace) -> int:
+    from tools.demorig import run_rig_demo
+    from tools.demorig_report import rig_demo_document, rig_demo_printer
+
+    emit = (lambda kind, value: None) if args.json else rig_demo_printer(sys.stdout)
+    outcome = run_rig_demo(args.workdir, emit)
+    if args.json:
+        print(json.dumps(rig_demo_document(outcome), indent=2))
     return outcome.exit_code
 
 
@@ -310,7 +330,8 @@ def _rig(args: argparse.Namespace) -> int:
 
 
 def _tether(args: argparse.Namespace) -> int:
-    from tools.tether import tether_provision, tether_serve
+    from boot.tether import tether_serve
+    from tools.tether import tether_provision
 
     if args.tether_command == "serve":
         anchors = certs.anchor_files(extra_dirs=(certs.ROOTS_DIR, *args.roots_dir))

@@ -75,22 +75,16 @@ def run_demo(
     """Start the pool, boot the phone (twice with a fault: broken, then repaired) and report."""
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
-    with _workdir(workdir) as root:
-        cfg = PoolConfig(
-            state_dir=root / "pool",
-            ports=Ports(dhcp=0, sntp=0, http=0, https=0, sip=0),
-            store_timeout_s=store_timeout_s,
-            incomplete_chain=fault == "chain",
-        )
-        with PoolNode(cfg) as node:
-            node.add_user(DEMO_USER, DEMO_LINE, DEMO_PIN, "Alice (demo)")
+    with demo_workdir(workdir) as root:
+        cfg = demo_pool_config(root, store_timeout_s, incomplete_chain=fault == "chain")
+        with demo_pool(cfg) as node:
             on_event("pool", node)
             if fault is None:
                 return DemoOutcome(
                     None,
                     (_boot("sign-in", node, root, on_event),),
                     None,
-                    _pool_info(cfg, workdir is not None),
+                    pool_info(cfg, workdir is not None),
                 )
             if fault == "datastore":
                 with StoreBlocker(cfg.store):
@@ -116,10 +110,28 @@ def run_demo(
         diag is not None and (diag.stage, diag.code) == (stage, code) and bool(first.published) == published
     )
     on_event("verdict", correct)
-    return DemoOutcome(fault, (first, second), correct, _pool_info(cfg, workdir is not None))
+    return DemoOutcome(fault, (first, second), correct, pool_info(cfg, workdir is not None))
 
 
-def _pool_info(cfg: PoolConfig, kept: bool) -> dict[str, Any]:
+def demo_pool_config(root: Path, store_timeout_s: float, incomplete_chain: bool = False) -> PoolConfig:
+    """A pool on loopback with free ports, its state under ``root``."""
+    return PoolConfig(
+        state_dir=root / "pool",
+        ports=Ports(dhcp=0, sntp=0, http=0, https=0, sip=0),
+        store_timeout_s=store_timeout_s,
+        incomplete_chain=incomplete_chain,
+    )
+
+
+@contextmanager
+def demo_pool(cfg: PoolConfig) -> Iterator[PoolNode]:
+    """The pool node, started, with the demo user (number + PIN) added."""
+    with PoolNode(cfg) as node:
+        node.add_user(DEMO_USER, DEMO_LINE, DEMO_PIN, "Alice (demo)")
+        yield node
+
+
+def pool_info(cfg: PoolConfig, kept: bool) -> dict[str, Any]:
     info: dict[str, Any] = {"fqdn": cfg.fqdn, "node": cfg.node}
     if kept:  # a temporary workdir is gone by the time anyone reads this
         info.update(state_dir=str(cfg.state_dir), store=cfg.store, logs=str(cfg.state_dir / "logs"))
@@ -168,7 +180,7 @@ def _boot(title: str, node: PoolNode, root: Path, on_event: Callable[[str, objec
 
 
 @contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
+def demo_workdir(path: Path | None) -> Iterator[Path]:
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         yield path

@@ -7,7 +7,7 @@ A rig file says which phone is on which board and channel (and, optionally, wher
 off_s = 3.0                     # how long a cycle keeps the phone off
 
 [phones.phone-7]
-board = "lcus"                  # lcus | kmtronic | numato | devantech | hidrelay | gpio
+board = "lcus-4"                # lcus-N | kmtronic-N | numato-N | devantech-N | dcttech | gpio | gpio-active-high
 channel = 2
 serial_number = "A7B3C9"        # or usb_path = "1-1.2" (boards without a serial) or port = "/dev/serial/by-path/…"
 status_url = "http://192.0.2.57:8765/status"   # the phone's status endpoint: cycle waits for SIGNED_IN
@@ -33,7 +33,7 @@ from hal.emulators.relays import (
     NumatoModel,
     PtyEmulator,
 )
-from hal.power.boards import BoardSpec, ManagedSwitch, open_switch
+from hal.power.boards import BoardSpec, ManagedSwitch, board_kinds, open_switch
 from hal.power.protocol import cycle
 
 _PHONE_KEYS = {"board", "channel", "serial_number", "usb_path", "port", "off_s", "status_url"}
@@ -77,6 +77,9 @@ def _phone(path: Path, name: str, table: Any, defaults: dict[str, Any]) -> RigPh
         isinstance(status_url, str) and status_url.startswith(("http://", "https://"))
     ):
         raise RigError(f"{where}: status_url must be an http(s) URL")
+    kind = values.get("board")
+    if kind is not None and kind not in board_kinds():
+        raise RigError(f"{where}: unknown board {kind!r}; known: {', '.join(board_kinds())}")
     try:
         spec = BoardSpec(kind=values.pop("board"), **values)
     except KeyError:

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 import certs
-from agent.clocks import SystemClock
 from agent.net import Resolver
-from agent.phone import StoredIdentity
 from agent.stages import AgentError, StageResult
 from agent.truststore import TrustStore
-from boot.store import Identity, StateStore
 from hal.errors import HalError
-from hal.tether.device import PhoneTether, serve
 from hal.tether.host import ProvisionResult, TetherStep, find_phone, provision
 from hal.tether.link import SerialLink
-
-SERIAL_SOURCES = ("proc/device-tree/serial-number", "sys/firmware/devicetree/base/serial-number")
 
 
 def tether_provision(
@@ -93,60 +86,3 @@ def _summary(result: ProvisionResult, out: TextIO) -> None:
     print(
         f"{'Diagnosis':<11}: {f'{d.stage} {d.code}: {d.problem} Remedy: {d.remedy}' if d else ''}", file=out
     )
-
-
-def tether_serve(
-    port: str,
-    state_dir: Path,
-    trust_anchor_files: Sequence[Path],
-    *,
-    phone_serial: str | None = None,
-    sysroot: Path = Path("/"),
-    stop: threading.Event | None = None,
-    out: TextIO | None = None,
-) -> int:
-    """The phone's side: answer the PC on ``port`` until an identity is installed in ``state_dir`` (0),
-    the link is lost (1) or ``stop`` is set. Anchors are the phone's shipped roots (the pool's root)."""
-    out = out or sys.stdout
-    store = StateStore(state_dir)
-    try:
-        store.tidy()
-        trust = TrustStore.from_pem_files(trust_anchor_files)
-        tether = PhoneTether(store.device_id(), phone_serial or read_phone_serial(sysroot), trust)
-        link = SerialLink.open(port)
-    except (HalError, AgentError, OSError) as exc:
-        print(f"phoneprov: error: {exc}", file=sys.stderr)
-        return 2
-
-    def install(new: StoredIdentity) -> None:
-        store.save_identity(Identity(new.key, new.certificate, new.intermediates))
-
-    print(f"tether {port}: waiting for the PC (device {tether.device_id})", file=out, flush=True)
-    try:
-        outcome = serve(link, tether, install, SystemClock(), stop=stop)
-    finally:
-        link.close()
-    print(f"tether {port}: {outcome.detail}" + (f" ({outcome.thumbprint})" if outcome.ok else ""), file=out)
-    return 0 if outcome.ok else 1
-
-
-def read_phone_serial(sysroot: Path = Path("/")) -> str:
-    """The serial number the USB gadget reports (usb-gadget.sh's order): device tree, cpuinfo, machine-id."""
-    for rel in SERIAL_SOURCES:
-        try:
-            text = (sysroot / rel).read_bytes().replace(b"\0", b"").decode("ascii", "replace").strip()
-        except OSError:
-            continue
-        if text:
-            return text
-    try:
-        for line in (sysroot / "proc/cpuinfo").read_text("ascii", "replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Serial" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    try:
-        return (sysroot / "etc/machine-id").read_text("ascii", "replace").strip()[:16]
-    except OSError:
-        return ""

@@ -11,7 +11,10 @@ from boot.config import AgentConfig, from_dict
 from tests.e2e.conftest import ALICE_NUMBER, ALICE_PIN, Lab
 
 
-def agent_config(lab: Lab, state_dir: Path, **retry: Any) -> AgentConfig:
+def agent_config(
+    lab: Lab, state_dir: Path, *, pin: bool = True, tether: dict[str, Any] | None = None, **retry: Any
+) -> AgentConfig:
+    """``pin=False`` with ``tether={"port": ...}``: a phone whose certificates come over the USB tether only."""
     roots = lab.root / "boot-roots"
     roots.mkdir(exist_ok=True)
     (roots / "lab.pem").write_bytes(lab.node.ca.root.public_bytes(Encoding.PEM))
@@ -31,4 +34,8 @@ def agent_config(lab: Lab, state_dir: Path, **retry: Any) -> AgentConfig:
         "retry": {"base_s": 0.01, "cap_s": 0.05, **retry},
         "status": {"listen": ""},
     }
+    if not pin:
+        del doc["phone"]["pin"]
+    if tether is not None:
+        doc["tether"] = tether
     return from_dict(doc, where="test-agent.toml")

@@ -27,6 +27,7 @@ from agent.net import Resolver
 from agent.phone import StoredIdentity
 from agent.stages import Stage
 from boot.store import IDENTITY_FILE, Identity, StateStore
+from boot.tether import read_phone_serial, tether_serve
 from hal.errors import HalError
 from hal.tether.device import PhoneTether, ServeOutcome, serve
 from hal.tether.framing import (
@@ -45,7 +46,7 @@ from hal.tether.link import FdLink, Link, LinkClosed, Requester, memory_pair, pt
 from tests.e2e.conftest import ALICE, Lab, start_lab
 from tools.pool.pinpolicy import hash_pin
 from tools.pool.store.sqlite import StoreBlocker
-from tools.tether import read_phone_serial, tether_provision, tether_serve
+from tools.tether import tether_provision
 
 pytestmark = pytest.mark.timeout(60)
 PASSWORD = "tether-password-1"

@@ -53,6 +53,13 @@ def test_demo_fault_datastore_diagnoses_3005_and_recovers(capsys: pytest.Capture
     assert doc["recovery"]["result"] == "ok" and doc["recovery"]["published"] is not None
 
 
+def test_demo_rig_power_cycles_the_phone_back_to_signed_in(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "--rig", "--json")
+    doc = json.loads(out)
+    assert code == 0, doc
+    assert doc["cycle"]["signed_in_after_s"] is not None
+
+
 def test_demo_fault_chain_names_the_missing_issuer(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "demo", "--fault", "chain")
     assert code == 0

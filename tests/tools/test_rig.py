@@ -124,10 +124,19 @@ def test_unplugged_board_is_a_one_line_error(
 
 
 @pytest.mark.parametrize(
-    "text", ["[phones.x]\nchannel = 1\n", "nonsense", "[phones.x]\nboard = 'lcus-4'\nchannel = 1\nwat = 2\n"]
+    "text",
+    [
+        "[phones.x]\nchannel = 1\n",
+        "nonsense",
+        "[phones.x]\nboard = 'lcus-4'\nchannel = 1\nwat = 2\n",
+        "[phones.x]\nboard = 'lcus'\nchannel = 1\nport = '/dev/null'\n",
+    ],
 )
 def test_bad_rig_files_are_one_line(text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "rig.toml"
     path.write_text(text)
     assert main(["rig", "status", "--rig", str(path)]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    if "'lcus'" in text:
+        assert "unknown board 'lcus'; known: " in err

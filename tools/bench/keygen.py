@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agent.clocks import SystemClock
 from agent.enroll import generate_key
 from agent.phone import Phone
-from boot.sequence import KeyPrefetch
+from boot.identity import KeyPrefetch
 from tools.bench.timing import ratio
 from tools.demo import DEMO_LINE, DEMO_PIN, DEMO_USER, loopback_phone
 from tools.pool.config import PoolConfig, Ports
