@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -131,11 +131,13 @@ class Phone:
         on_stage: Callable[[StageResult], None] | None = None,
         stored: StoredIdentity | None = None,
         key_source: Callable[[], rsa.RSAPrivateKey] | None = None,
+        on_vlan: Callable[[int, DiscoveryConfig], DiscoveryConfig | None] | None = None,
     ) -> None:
         """``stored``: an identity from an earlier boot (used when still valid); ``key_source``: where the new key
-        comes from (boot/ starts key generation at power-on so it overlaps the network stages)."""
+        comes from (boot/ starts key generation at power-on so it overlaps the network stages); ``on_vlan``:
+        moves the phone onto the voice VLAN DHCP named and says where to ask again (None: stay untagged)."""
         self.cfg, self.trust, self.clock = cfg, trust, clock
-        self.on_key, self.stored = on_key, stored
+        self.on_key, self.stored, self.on_vlan = on_key, stored, on_vlan
         self.key_source = key_source or (lambda: enroll.generate_key(cfg.key_bits))
         self.runner = StageRunner(clock, on_stage)
         self.resolver = Resolver({k.lower(): v for k, v in cfg.hosts.items()})
@@ -173,7 +175,7 @@ class Phone:
         cfg = self.cfg
         found = p.discovery = self.runner.run(
             Stage.DHCP_INFORM,
-            lambda: discover(cfg.discovery, self.clock, lambda: random.getrandbits(32)),
+            self._discover,
             lambda d: (
                 f"{d.source} ({d.answered_by or 'config'}): {d.certprov_url}; registrar {d.registrar_fqdn}"
             ),
@@ -207,6 +209,21 @@ class Phone:
             except enroll.TicketRejected:
                 continue
         self._register(p, found, trusted.intermediates, synced)
+
+    def _discover(self) -> Discovery:
+        """DHCPINFORM; given a voice VLAN and a way onto it, ask again on the VLAN — a phone's traffic belongs
+        there (LPE does the same after LLDP-MED or DHCP names the VLAN)."""
+        cfg, xid = self.cfg.discovery, lambda: random.getrandbits(32)
+        found = discover(cfg, self.clock, xid)
+        moved = self.on_vlan(found.vlan, cfg) if found.vlan is not None and self.on_vlan else None
+        if moved is None:
+            return found
+        again = discover(replace(moved, vlan=False), self.clock, xid)
+        where = moved.interface or f"{moved.server[0]}:{moved.server[1]}"
+        sources = {**again.sources, "vlan": f"{found.sources.get('vlan', 'DHCP')}; asked again on {where}"}
+        return replace(
+            again, vlan=found.vlan, sources=sources, informs_sent=found.informs_sent + again.informs_sent
+        )
 
     def _reuse(self, p: _Progress, now: datetime) -> bool:
         """A stored certificate with ≥ 1 h left (at the phone's synchronised time) skips ROOT_CHAIN … CERT_PUBLISH."""

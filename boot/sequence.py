@@ -39,6 +39,7 @@ from boot.sdnotify import Notifier
 from boot.status import BootStatus
 from boot.store import Identity, LastDiscovery, StageProgress, StateStore
 from boot.tether import TetherService, read_phone_serial
+from boot.vlan import VoiceVlan
 
 log = logging.getLogger("phoneprov.boot")
 UNLIMITED = 10**9
@@ -80,6 +81,7 @@ class Boot:
         rng: random.Random | None = None,
         reload: Callable[[], AgentConfig] | None = None,
         tether: TetherService | None = None,
+        voice: VoiceVlan | None = None,
     ) -> None:
         self.cfg, self.clock = cfg, clock or SystemClock()
         self.store = store or StateStore(cfg.phone.state_dir)
@@ -95,6 +97,8 @@ class Boot:
         self._renew_after: datetime | None = None  # after a failed renewal: not before this (backoff)
         self._force_enrol = False
         self._renew_tries = 0
+        net = cfg.network
+        self.voice = voice or (VoiceVlan(net.interface, self.clock) if net.vlan and net.interface else None)
         self.identity = IdentityKeeper(self.store, self._margin, lambda: self.phone_clock.now())
         self.identity.tether = tether if tether is not None else self._make_tether()
 
@@ -128,6 +132,8 @@ class Boot:
             self._prefetch = KeyPrefetch(self.cfg.phone.key_bits)  # used only if the phone must enrol
         self.status.new_attempt(number)
         cfg = replace(self.cfg.phone_config(store.device_id()), reuse_margin=self._margin(identity))
+        if self.voice is not None:  # once on the voice VLAN, every later attempt asks there
+            cfg = replace(cfg, discovery=self.voice.discovery(cfg.discovery))
         phone = Phone(
             cfg,
             self.trust,
@@ -135,8 +141,12 @@ class Boot:
             on_stage=lambda r: self._on_stage(r, number),
             stored=stored,
             key_source=self._prefetch.get,
+            on_vlan=self.voice.enter if self.voice is not None else None,
         )
         run = phone.run(keep_signed_in=True)
+        if self.voice is not None:
+            v = self.voice
+            self.status.update(vlan={"id": v.vlan, "interface": v.interface, "problem": v.problem})
         if run.time_sync is not None:
             self.phone_clock = run.time_sync.clock
         if (
