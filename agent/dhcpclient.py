@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 
 import psutil
 
+from agent import trace
 from agent.clocks import Clock
 from agent.net import UdpEndpoint
 from agent.stages import Stage, StageError, WireError
@@ -54,6 +55,7 @@ def exchange(
     raw = dhcp.encode(request)
     ignored: list[str] = []
     for sent, wait in enumerate(waits, start=1):
+        trace.emit(Stage.DHCP_INFORM, "sent", f"{server[0]}:{server[1]}", _describe(request, sent), len(raw))
         ep.send(raw, server)
         deadline = clock.monotonic() + wait
         while (left := deadline - clock.monotonic()) > 0:
@@ -61,9 +63,24 @@ def exchange(
             if got is None:
                 break
             ack = _ours(got[0], request, ignored)
+            trace.emit(
+                Stage.DHCP_INFORM,
+                "received",
+                f"{got[1][0]}:{got[1][1]}",
+                _describe(ack, sent)
+                if ack is not None
+                else f"ignored: {ignored[-1] if ignored else 'not ours'}",
+                len(got[0]),
+            )
             if ack is not None:
                 return Exchange(ack, got[1][0], sent, tuple(ignored))
     return Exchange(None, None, len(waits), tuple(ignored))
+
+
+def _describe(msg: dhcp.DhcpMessage, number: int) -> str:
+    kind = msg.message_type.name if msg.message_type else "untyped"
+    options = ", ".join(str(code) for code, _ in msg.options)
+    return f"DHCP{kind} #{number} xid {msg.xid:#010x}, options {options}"
 
 
 def _ours(data: bytes, request: dhcp.DhcpMessage, ignored: list[str]) -> dhcp.DhcpMessage | None:

@@ -108,6 +108,11 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
         "This phone has no PIN configured, so it cannot get a certificate over the network (none is sent).",
         "Provision it over the USB tether (`phoneprov tether provision` on the PC), or set a PIN in agent.toml.",
     ),
+    (Stage.WEB_TICKET, "2099"): (
+        "The Web Ticket service failed inside the pool — most often it cannot read the user from the data store.",
+        "Check the home pool's data store (`phoneprov logs collect` shows 'data store unavailable' on the node "
+        "that answered); power-cycle the phone to retry.",
+    ),
     (Stage.WEB_TICKET, "2001"): ("Wrong phone number/extension or PIN.", "Re-enter the number and PIN."),
     (Stage.WEB_TICKET, "2002"): (
         "PIN authentication is locked for this user (too many wrong PINs).",

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from agent import trace
 from agent.dns import Dns
 from agent.stages import Stage, StageError
 
@@ -163,6 +164,11 @@ class PhoneHttp:
         code: str = "HTTP",
     ) -> HttpReply:
         """One request; transport errors become StageError(stage, code) with a one-line reason."""
+        if trace.active():
+            action = (headers or {}).get("SOAPAction", "")
+            trace.emit(
+                stage, "sent", _origin(url), f"{method} {urlsplit(url).path} {action}", len(body or b"")
+            )
         try:
             with self._session.request(
                 method,
@@ -175,6 +181,13 @@ class PhoneHttp:
             ) as resp:
                 data = _read_bounded(resp, stage, url)
                 hdrs = {k.lower(): v for k, v in resp.headers.items()}
+                trace.emit(
+                    stage,
+                    "received",
+                    _origin(url),
+                    f"HTTP {resp.status_code} {hdrs.get('content-type', '')}",
+                    len(data),
+                )
                 return HttpReply(resp.status_code, hdrs, data)
         except requests.exceptions.SSLError as exc:
             raise StageError(stage, "TLS", f"TLS to {_origin(url)} failed: {_reason(exc)}") from None

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL
 
+from agent import trace
 from agent.clocks import Clock
 from agent.net import Resolver
 from agent.stages import AgentError, Stage, WireError
@@ -44,6 +45,16 @@ class RegisterConfig:
     max_redirects: int = 2
 
 
+def _sip_summary(msg: SipMessage) -> str:
+    """Start line, CSeq and the auth step — never the gssapi-data or the signature itself."""
+    start = f"{msg.method} {msg.uri}" if msg.method else f"{msg.status} {msg.reason}"
+    cseq = msg.header("CSeq") or ""
+    auth = msg.header("Authorization") or msg.header("WWW-Authenticate") or msg.header("Authentication-Info")
+    step = f", {auth.split()[0]} {'with gssapi-data' if 'gssapi-data' in auth else ''}" if auth else ""
+    diag = msg.header("ms-diagnostics")
+    return f"{start} (CSeq {cseq}){step}" + (f", ms-diagnostics {diag.split(';')[0]}" if diag else "")
+
+
 class _Link:
     """SIP messages over one TLS channel, with the stage's error codes for every way the wire fails."""
 
@@ -61,6 +72,8 @@ class _Link:
         return left
 
     def send(self, msg: SipMessage, deadline: float) -> None:
+        if trace.active():
+            trace.emit(Stage.REGISTER, "sent", self._peer, _sip_summary(msg), len(msg.body))
         try:
             self.channel.send(encode(msg), self._left(deadline))
         except TimeoutError:
@@ -83,7 +96,10 @@ class _Link:
                 self._queue.extend(self._parser.feed(data))
             except WireError as exc:
                 raise failed("MALFORMED", f"{self._peer}: {exc.detail}") from None
-        return self._queue.pop(0)
+        msg = self._queue.pop(0)
+        if trace.active():
+            trace.emit(Stage.REGISTER, "received", self._peer, _sip_summary(msg), len(msg.body))
+        return msg
 
     def exchange(self, flow: RegisterFlow, first: SipMessage, clock: Clock) -> Registered | Redirect:
         """Send ``first`` and whatever the flow asks next until it is registered or redirected; each

@@ -19,7 +19,7 @@ import certs
 from agent.stages import AgentError
 from boot.config import ConfigError as AgentConfigError
 from hal.errors import HalError
-from tools import demo, report
+from tools import bootstrapcmd, demo, report
 from tools.pool import config as pool_config
 from tools.pool.errors import PoolError
 from tools.pool.pinpolicy import hash_pin
@@ -188,6 +188,8 @@ def _build() -> argparse.ArgumentParser:
     ca.add_argument("--json", action="store_true")
     ca.add_argument("--verbose", action="store_true", help="print each stage as it completes")
 
+    bootstrapcmd.add_parser(sub)
+
     pool = sub.add_parser("pool", help="run a lab pool node", description="Lab pool node operations.")
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     serve = psub.add_parser("serve", help="run a pool node until interrupted")
@@ -214,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _certs(args)
         if args.command == "test-clientauth":
             return _client_auth(args)
+        if args.command == "test-bootstrap":
+            return bootstrapcmd.run(args)
         if args.command == "discover":
             return _discover(args)
         if args.command == "dhcp-config":
