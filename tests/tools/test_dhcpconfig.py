@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import subprocess
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -294,8 +294,17 @@ def test_unknown_format_is_refused_by_name() -> None:
 
 # --- property: any valid settings render everywhere and the bytes say what was asked ----------------------
 
+
+def _is_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
-_fqdns = st.lists(_label, min_size=1, max_size=5).map(".".join)
+_fqdns = st.lists(_label, min_size=1, max_size=5).map(".".join).filter(lambda n: not _is_ip(n))  # names only
 _path_chars = st.sampled_from("abcXYZ019-._~/!()*+=:@%?&")
 _paths = st.lists(_path_chars, max_size=120).map(lambda cs: "/" + "".join(cs))
 _ntps = st.lists(st.integers(1, 2**32 - 2).map(IPv4Address), max_size=3).map(tuple)
