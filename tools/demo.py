@@ -29,7 +29,7 @@ from agent.truststore import TrustStore
 from boot.store import StateStore
 from tools.pool.config import PoolConfig, Ports
 from tools.pool.node import PoolNode
-from tools.pool.store.sqlite import StoreBlocker
+from tools.pool.store import store_blocker
 
 FAULTS = ("datastore", "chain", "registrar")
 DEMO_USER = "sip:alice@lab.test"
@@ -87,7 +87,7 @@ def run_demo(
                     pool_info(cfg, workdir is not None),
                 )
             if fault == "datastore":
-                with StoreBlocker(cfg.store):
+                with store_blocker(cfg.store):
                     first = _boot("data store unavailable", node, root, on_event)
                 on_event("repair", "the data store is back")
                 second = _boot("phone power-cycled", node, root, on_event)

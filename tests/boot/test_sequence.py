@@ -16,7 +16,7 @@ from boot.store import StateStore
 from tests.boot.lab import agent_config
 from tests.e2e.conftest import ALICE, Lab, start_lab
 from tools.pool.ca import CertPolicy, thumbprint
-from tools.pool.store.sqlite import StoreBlocker
+from tools.pool.store import store_blocker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,7 +85,7 @@ def test_stays_signed_in_and_reregisters_on_time(lab: Lab, tmp_path: Path) -> No
 def test_transient_failure_is_retried_then_signs_in(lab: Lab, tmp_path: Path) -> None:
     clock = FastClock()
     boot = Boot(agent_config(lab, tmp_path / "state"), clock=clock)
-    blocker = StoreBlocker(lab.node.cfg.store)
+    blocker = store_blocker(lab.node.cfg.store)
     blocker.start()
     first = boot.attempt()
     assert first.diagnosis is not None and first.diagnosis.code == "3005"
@@ -161,7 +161,7 @@ def test_exhausted_budget_asks_the_rig_to_power_cycle(lab: Lab, tmp_path: Path) 
         clock = FastClock()
         hook = _rig_hook(f"http://127.0.0.1:{rig.server_address[1]}/rig/cycle/phone-7")
         boot = Boot(cfg, clock=clock, power_cycle=hook)
-        with StoreBlocker(lab.node.cfg.store):
+        with store_blocker(lab.node.cfg.store):
             boot.run(until=clock.now() + timedelta(minutes=5), max_attempts=2)
     finally:
         rig.shutdown()

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from tests.e2e.conftest import ALICE, Lab
 from tools.cli import main
 from tools.pool.pinpolicy import hash_pin
-from tools.pool.store.sqlite import StoreBlocker
+from tools.pool.store import store_blocker
 
 pytestmark = pytest.mark.timeout(60)
 PASSWORD = "lab-password-1"
@@ -85,7 +85,7 @@ def test_data_store_down_says_could_not_download(
     lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lab.node.store.set_password(ALICE, hash_pin(PASSWORD))
-    with StoreBlocker(lab.node.cfg.store):
+    with store_blocker(lab.node.cfg.store):
         code = main(clientauth(lab, tmp_path, f"alice@lab.test:{PASSWORD}", "--json"))
     doc = json.loads(capsys.readouterr().out)
     assert code == 1 and doc["Error"].startswith("Could not download a CS Certificate for the given user.")

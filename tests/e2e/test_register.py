@@ -31,7 +31,7 @@ from tests.agent.test_reg_hostile import malformed_der, register_with
 from tests.e2e.conftest import ALICE, Lab, start_lab
 from tools.pool.ca import thumbprint
 from tools.pool.registrar import Registrar
-from tools.pool.store.sqlite import StoreBlocker
+from tools.pool.store import store_blocker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -197,7 +197,7 @@ def test_unhealthy_registrar_is_4105(lab: Lab, phone: Phone, registrars: list[Re
 
 def test_store_locked_while_binding_is_4104(lab: Lab, phone: Phone, registrars: list[Registrar]) -> None:
     registrar = start_registrar(lab, registrars)
-    with StoreBlocker(lab.node.cfg.store), pytest.raises(StageError) as caught:
+    with store_blocker(lab.node.cfg.store), pytest.raises(StageError) as caught:
         phone.sign_in(registrar.port)
     assert caught.value.code == "4104"
     assert not lab.node.store.registrations(ALICE, lab.clock.now() + timedelta(days=1))

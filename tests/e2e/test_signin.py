@@ -14,7 +14,7 @@ from agent.phone import Phone, StoredIdentity
 from agent.stages import Stage
 from tests.e2e.conftest import ALICE, ALICE_NUMBER, ALICE_PIN, Lab, start_lab
 from tools.pool.ca import thumbprint
-from tools.pool.store.sqlite import StoreBlocker
+from tools.pool.store import store_blocker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,7 +85,7 @@ def test_claim_mismatch_is_2006(lab: Lab) -> None:
 
 
 def test_data_store_down_is_3005_with_no_certificate_then_retry_works(lab: Lab) -> None:
-    with StoreBlocker(lab.node.cfg.store):
+    with store_blocker(lab.node.cfg.store):
         run = lab.boot()
         rows_while_down = lab.node.store.certificates(ALICE)
     assert outcome(run)["CERT_REQUEST"] == ("ok", None)

@@ -45,7 +45,7 @@ from hal.tether.host import ProvisionResult, find_phone, provision
 from hal.tether.link import FdLink, Link, LinkClosed, Requester, memory_pair, pty_pair
 from tests.e2e.conftest import ALICE, Lab, start_lab
 from tools.pool.pinpolicy import hash_pin
-from tools.pool.store.sqlite import StoreBlocker
+from tools.pool.store import store_blocker
 from tools.tether import tether_provision
 
 pytestmark = pytest.mark.timeout(60)
@@ -238,7 +238,7 @@ def test_data_store_down_fails_cert_publish_3005_and_installs_nothing(
     lab: Lab, rig: Callable[..., Rig]
 ) -> None:
     r = rig()
-    with StoreBlocker(lab.node.cfg.store):
+    with store_blocker(lab.node.cfg.store):
         result = r.provision(lab)
     outcome = r.finish()
     assert result.diagnosis is not None

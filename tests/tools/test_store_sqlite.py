@@ -186,7 +186,6 @@ def test_blocker_takes_the_configured_store_url(store: SqliteStore, db_path: Pat
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://pool@db/phoneprov", "unsupported store URL scheme 'postgresql'; supported: sqlite"),
         ("mysql://x/y", "unsupported store URL scheme 'mysql'; supported: sqlite"),
         ("sqlite://relative/pool.sqlite", "needs an absolute path"),
         ("sqlite:///tmp/p.sqlite?mode=ro", "unknown parameter"),

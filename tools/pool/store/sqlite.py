@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from tools.pool.errors import ConfigError, PoolError, StoreUnavailable
+from tools.pool.errors import PoolError, StoreUnavailable
 from tools.pool.store.contract import (
     PinRecord,
     PublishedCert,
@@ -31,33 +31,10 @@ from tools.pool.store.contract import (
     unstamp,
     user_key,
 )
-from tools.pool.store.sqlite_reg import SCHEMA as REG_SCHEMA
+from tools.pool.store.schema import SCHEMA_VERSION, SQLITE, check_version, pending
 from tools.pool.store.sqlite_reg import RegistrationsMixin
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS users (
-    user_key TEXT PRIMARY KEY, sip_uri TEXT NOT NULL, line_uri TEXT NOT NULL,
-    number_digits TEXT NOT NULL, extension TEXT NOT NULL, display_name TEXT NOT NULL,
-    enabled INTEGER NOT NULL, pin_auth_enabled INTEGER NOT NULL, home_pool TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS users_number ON users (number_digits);
-CREATE INDEX IF NOT EXISTS users_extension ON users (extension);
-CREATE TABLE IF NOT EXISTS pins (
-    user_key TEXT PRIMARY KEY REFERENCES users (user_key) ON DELETE CASCADE,
-    pin_hash TEXT NOT NULL, pin_length INTEGER NOT NULL, set_at TEXT NOT NULL, locked_until TEXT,
-    global_failures INTEGER NOT NULL DEFAULT 0, locked_permanently INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS pin_failures (
-    user_key TEXT NOT NULL REFERENCES users (user_key) ON DELETE CASCADE, at TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS pin_failures_user ON pin_failures (user_key, at);
-CREATE TABLE IF NOT EXISTS certificates (
-    thumbprint TEXT PRIMARY KEY, user_key TEXT NOT NULL REFERENCES users (user_key),
-    device_key TEXT NOT NULL, sip_uri TEXT NOT NULL, device_id TEXT NOT NULL, serial TEXT NOT NULL,
-    not_before TEXT NOT NULL, not_after TEXT NOT NULL, published_at TEXT NOT NULL, der BLOB NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0, UNIQUE (user_key, device_key));
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-INSERT INTO schema_version (version) SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM schema_version);
-"""
+__all__ = ["SCHEMA_VERSION", "SqliteStore", "StoreBlocker"]
 
 _USER_COLUMNS = "sip_uri, line_uri, display_name, enabled, pin_auth_enabled, home_pool"
 _CERT_COLUMNS = "sip_uri, device_id, thumbprint, serial, not_before, not_after, published_at, der, revoked"
@@ -120,24 +97,23 @@ class SqliteStore(RegistrationsMixin):
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA synchronous=FULL")
             self._reader.execute("PRAGMA query_only=ON")
-            have = self._reader.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
-            ).fetchone()
-            newest = self._reader.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name='passwords'"
-            ).fetchone()
-        if have is None or newest is None:
+        with self._read() as conn:
+            current = self._schema_version(conn)
+        check_version(current, str(self.path))
+        if current < SCHEMA_VERSION:
             with self._write() as conn:
                 # Statement by statement: executescript() would commit the open transaction first.
-                for statement in (_SCHEMA + REG_SCHEMA).split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-        with self._read() as conn:
-            version = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise ConfigError(
-                f"store {self.path} has schema version {version}; this program knows {SCHEMA_VERSION}"
-            )
+                for statement in pending(SQLITE, self._schema_version(conn)):
+                    conn.execute(statement)
+
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection) -> int:
+        """0 for a new file, and for one from before ``passwords`` joined version 1 (step 1 completes it)."""
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            return 0
+        version = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+        return 0 if version == 1 and "passwords" not in tables else version
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

@@ -15,15 +15,6 @@ from tools.pool.store.contract import (
     user_key,
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS registrations (
-    user_key TEXT NOT NULL REFERENCES users (user_key) ON DELETE CASCADE, contact TEXT NOT NULL,
-    sip_uri TEXT NOT NULL, thumbprint TEXT NOT NULL, node TEXT NOT NULL, registered_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL, PRIMARY KEY (user_key, contact));
-CREATE TABLE IF NOT EXISTS passwords (
-    user_key TEXT PRIMARY KEY REFERENCES users (user_key) ON DELETE CASCADE, password_hash TEXT NOT NULL);
-"""
-
 _REG_COLUMNS = "sip_uri, contact, thumbprint, node, registered_at, expires_at"
 
 
