@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import binary
+
 REPO = Path(__file__).resolve().parents[2]
 BOOT = REPO / "boot"
 GADGET_SH = BOOT / "usb-gadget.sh"
@@ -174,8 +176,8 @@ def test_phoneprov_unit_says_what_the_phone_needs() -> None:
         assert reason in text
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    binary("systemd-analyze", "systemd")
     for name in ("phoneprov.service", "usb-gadget.service"):  # ExecStart must exist for verify: point at true
         text = (BOOT / name).read_text()
         text = re.sub(r"(Exec(?:Start|Stop)=)\S+", rf"\1{shutil.which('true')}", text)
@@ -196,8 +198,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 # --- the USB gadget ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_gadget_script_is_shellcheck_clean() -> None:
+    binary("shellcheck", "shellcheck")
     done = subprocess.run(
         ["shellcheck", str(GADGET_SH)], capture_output=True, text=True, timeout=30, check=False
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.netns import NetLab, unavailable
+from tests.servers import server_missing
 
 _WHY_NOT = unavailable()
 
@@ -31,9 +32,7 @@ def netlab(tmp_path: Path) -> Iterator[NetLab]:
 def need(binary: str) -> str:
     path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
     if path is None:
-        reason = f"{binary} is not installed (.ci/install-system-deps installs it)"
-        print(f"SKIP interop: {reason}", file=sys.stderr)
-        pytest.skip(reason)
+        server_missing(f"{binary} is not installed (.ci/install-system-deps installs it)")
     return path
 
 

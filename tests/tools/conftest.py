@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.pgserver import PgServer, PgUnavailable
+from tests.servers import server_missing
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +16,7 @@ def pg_server() -> Iterator[PgServer]:
     try:
         server = PgServer.from_environment()
     except PgUnavailable as exc:
-        pytest.skip(str(exc))
+        server_missing(str(exc))
     try:
         yield server.start()
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
@@ -16,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.wire.dhcp import decode_ip_list, decode_option43, decode_option120
+from tests.servers import binary
 from tools.dhcpconfig import DEFAULT_SUBNET, FORMATS, DhcpConfigError, UcDhcpSettings, kea_config, render
 
 # dhcp-peers.md, "Canonical option 43 payload ... as one string", and its option 120 bytes.
@@ -346,10 +346,10 @@ SERVER_CASES = [
 ]
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq not installed (apt: dnsmasq-base)")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", SERVER_CASES, ids=["lab", "long"])
 def test_dnsmasq_accepts_the_config(case: UcDhcpSettings, tmp_path: Path) -> None:
+    binary("dnsmasq", "dnsmasq-base")
     for fmt in ("dnsmasq", "dnsmasq-hex"):
         if fmt == "dnsmasq-hex" and len(case.option43) > 255:
             continue
@@ -361,12 +361,10 @@ def test_dnsmasq_accepts_the_config(case: UcDhcpSettings, tmp_path: Path) -> Non
         assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.skipif(
-    shutil.which("kea-dhcp4") is None, reason="kea-dhcp4 not installed (apt: kea-dhcp4-server)"
-)
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", SERVER_CASES, ids=["lab", "long"])
 def test_kea_accepts_the_config(case: UcDhcpSettings, tmp_path: Path) -> None:
+    binary("kea-dhcp4", "kea-dhcp4-server")
     conf = tmp_path / "kea.conf"
     conf.write_text(render(case, "kea"))  # with its // header: Kea reads comments
     env = {**os.environ, "KEA_LOCKFILE_DIR": str(tmp_path), "KEA_PIDFILE_DIR": str(tmp_path)}
@@ -374,10 +372,10 @@ def test_kea_accepts_the_config(case: UcDhcpSettings, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(shutil.which("dhcpd") is None, reason="ISC dhcpd not installed (apt: isc-dhcp-server)")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", SERVER_CASES, ids=["lab", "long"])
 def test_isc_dhcpd_accepts_the_config(case: UcDhcpSettings, tmp_path: Path) -> None:
+    binary("dhcpd", "isc-dhcp-server")
     conf = tmp_path / "dhcpd.conf"
     conf.write_text(render(case, "isc"))
     done = subprocess.run(["dhcpd", "-4", "-t", "-cf", str(conf)], capture_output=True, text=True, timeout=20)
