@@ -102,7 +102,7 @@ _CATALOGUE: dict[tuple[Stage, str], tuple[str, str]] = {
     ),
     (Stage.WEB_TICKET, "CREDENTIAL"): (
         "The Web Ticket service refused the user's credential (Basic sign-in).",
-        "Check the user's SIP address and lab password (`phoneprov pool set-password`).",
+        "Check the user's SIP address and lab password (`phoneprov pool user set-password`).",
     ),
     (Stage.WEB_TICKET, "NO_PIN"): (
         "This phone has no PIN configured, so it cannot get a certificate over the network (none is sent).",

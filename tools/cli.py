@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,12 +18,9 @@ import certs
 from agent.stages import AgentError
 from boot.config import ConfigError as AgentConfigError
 from hal.errors import HalError
-from tools import bootstrapcmd, demo, report
+from tools import bootstrapcmd, demo, poolusers, report
 from tools.pool import config as pool_config
 from tools.pool.errors import PoolError
-from tools.pool.pinpolicy import hash_pin
-from tools.pool.store import open_store
-from tools.pool.users import add_user
 
 EX_CONFIG = 78  # sysexits.h
 
@@ -194,16 +190,7 @@ def _build() -> argparse.ArgumentParser:
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     serve = psub.add_parser("serve", help="run a pool node until interrupted")
     serve.add_argument("--config", type=Path, required=True, help="pool TOML (see tools/pool/config.py)")
-    pw = psub.add_parser(
-        "set-password", help="set a user's lab credential for Basic sign-in (read from stdin)"
-    )
-    pw.add_argument("--config", type=Path, required=True)
-    pw.add_argument("--sip", required=True)
-    user = psub.add_parser("add-user", help="provision a user with a PIN (PIN read from stdin)")
-    user.add_argument("--config", type=Path, required=True)
-    user.add_argument("--sip", required=True, help="sip:alice@lab.test")
-    user.add_argument("--line", required=True, help="tel:+14255550123;ext=123")
-    user.add_argument("--name", default="")
+    poolusers.add_parser(psub, _Parser)
     return p
 
 
@@ -441,21 +428,9 @@ def _certs(args: argparse.Namespace) -> int:
 def _pool(args: argparse.Namespace) -> int:
     from tools.pool.node import PoolNode  # the server stack is only needed here
 
+    if args.pool_command == "user":
+        return poolusers.run(args)
     cfg = pool_config.load(args.config)
-    if args.pool_command == "add-user":
-        pin = sys.stdin.readline().strip()
-        with open_store(cfg.store, timeout_s=cfg.store_timeout_s) as store:
-            add_user(store, cfg.pin_policy, args.sip, args.line, pin, datetime.now(UTC), args.name, cfg.fqdn)
-        print(f"added {args.sip}")
-        return 0
-    if args.pool_command == "set-password":
-        secret = sys.stdin.readline().rstrip("\n")
-        if not secret:
-            raise ValueError("empty password on stdin")
-        with open_store(cfg.store, timeout_s=cfg.store_timeout_s) as store:
-            store.set_password(args.sip, hash_pin(secret))
-        print(f"password set for {args.sip}")
-        return 0
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

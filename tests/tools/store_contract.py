@@ -68,6 +68,12 @@ class StoreContract:
         assert users.get_user("alice@lab.test") == ALICE
         assert users.get_user("sip:carol@lab.test") is None
 
+    def test_list_users_in_key_order(self, users: Store) -> None:
+        assert users.list_users() == [ALICE, BOB]
+        carol = User("sip:Carol@lab.test", "tel:+14255551001", "Carol")
+        users.add_user(carol, "hash-c", 5, AT)
+        assert [u.key for u in users.list_users()] == ["alice@lab.test", "bob@lab.test", "carol@lab.test"]
+
     def test_add_existing_user_is_refused(self, users: Store) -> None:
         with pytest.raises(PoolError) as err:
             users.add_user(User("sip:ALICE@lab.test", "tel:+1999", "Other"), "h", 5, AT)

@@ -272,6 +272,10 @@ class Store(Protocol):
 
     def get_user(self, sip_uri: str) -> User | None: ...
 
+    def list_users(self) -> list[User]:
+        """Every user, ordered by key (``phoneprov pool user list``)."""
+        ...
+
     def find_users(self, username: str) -> list[User]:
         """Users whose line number or extension equals ``username`` (module docstring rules)."""
         ...

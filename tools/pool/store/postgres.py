@@ -184,6 +184,11 @@ class PostgresStore(PgRegistrationsMixin):
             ).fetchone()
         return _user(row) if row else None
 
+    def list_users(self) -> list[User]:
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY user_key").fetchall()
+        return [_user(row) for row in rows]
+
     def find_users(self, username: str) -> list[User]:
         query = UsernameQuery.parse(username)
         if query is None:
