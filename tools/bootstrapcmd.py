@@ -13,6 +13,7 @@ import certs
 from agent.stages import StageResult
 from agent.trace import Step
 from agent.truststore import TrustStore
+from tools.argtypes import name_addr
 from tools.bootstrap import BootstrapResult, BootstrapTarget, test_bootstrap
 
 PIN_ENV = "PHONEPROV_PIN"
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         args.registrar_port,
         args.anon_port,
         args.ntp_port,
-        dict(_name_addr(item) for item in args.resolve),
+        dict(name_addr(item) for item in args.resolve),
         args.timeout,
         args.retry_after,
     )
@@ -121,10 +122,3 @@ def _ipv4(text: str) -> object:
     from ipaddress import IPv4Address
 
     return IPv4Address(text)
-
-
-def _name_addr(item: str) -> tuple[str, str]:
-    name, sep, addr = item.partition("=")
-    if not sep or not name or not addr:
-        raise ValueError(f"--resolve takes NAME=ADDR, got {item!r}")
-    return name.lower(), addr
