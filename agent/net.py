@@ -241,7 +241,9 @@ class UdpEndpoint:
 
     def __init__(self, bind: tuple[str, int] = ("0.0.0.0", 0), broadcast: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if bind[1]:  # port 68 beside the OS's DHCP client; never for port 0, where the kernel could then
+            # hand out a port another SO_REUSEADDR socket holds and the answer would go there
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if broadcast:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         self.sock.bind(bind)

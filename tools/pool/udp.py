@@ -24,7 +24,9 @@ class UdpResponder:
     ):
         self.name, self.handle = name, handle
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR: on UDP it lets two sockets share a port — a second DHCP server on 67 would go
+        # unnoticed, and port 0 could hand two lab nodes the same port (seen: a phone's SNTP request reaching
+        # another node's DHCP responder). A taken port is an error that names it.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if device:  # a real lab NIC: hear broadcasts there only, answer out of it
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode() + b"\0")
