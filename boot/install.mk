@@ -16,7 +16,8 @@
 #                  /etc/systemd/system/{phoneprov,usb-gadget}.service  0644 (paths adjusted to PREFIX)
 #                  /etc/udev/rules.d/99-phoneprov.rules                0644
 #                  /etc/phoneprov/agent.toml.example                   0644 (in /etc/phoneprov, 0755)
-#                  and, on this machine, the system user `phoneprov`
+#                  /usr/lib/sysusers.d/phoneprov.conf                  0644 (the user, for systemd-sysusers)
+#                  and, on this machine, the system user `phoneprov` (an image gets it from sysusers at boot)
 # It never writes /etc/phoneprov/agent.toml; uninstall removes exactly the files above and keeps
 # agent.toml, the PIN file, /var/lib/phoneprov (the phone's key and certificate) and the user.
 
@@ -34,6 +35,7 @@ INST_VENV = $(INST_HOME)/.venv
 INST_UNITS = $(DESTDIR)/etc/systemd/system
 INST_UDEV = $(DESTDIR)/etc/udev/rules.d
 INST_CONF = $(DESTDIR)/etc/phoneprov
+INST_SYSUSERS = $(DESTDIR)/usr/lib/sysusers.d
 INST_UNIT_NAMES = phoneprov.service usb-gadget.service
 
 .PHONY: install uninstall install-check install-files install-venv
@@ -45,7 +47,8 @@ install-check:
 		echo "install: $(INST_HOME) is the source tree; clone it elsewhere or choose another PREFIX" >&2; exit 1; fi
 
 install-files: install-check
-	install -d -m 0755 $(INST_BIN) $(INST_UNITS) $(INST_UDEV) $(INST_CONF)
+	install -d -m 0755 $(INST_BIN) $(INST_UNITS) $(INST_UDEV) $(INST_CONF) $(INST_SYSUSERS)
+	install -m 0644 $(INSTALL_SRC)/boot/phoneprov.sysusers $(INST_SYSUSERS)/phoneprov.conf
 	install -m 0755 $(INSTALL_SRC)/boot/usb-gadget.sh $(INST_BIN)/usb-gadget.sh
 	for unit in $(INST_UNIT_NAMES); do \
 		sed 's#/opt/phoneprov/#$(PREFIX)/#g' $(INSTALL_SRC)/boot/$$unit > $(INST_UNITS)/$$unit.tmp && \
@@ -73,7 +76,7 @@ install: install-files $(if $(NO_VENV),,install-venv)
 uninstall: install-check
 	@if [ -z "$(DESTDIR)" ]; then systemctl disable --now $(INST_UNIT_NAMES) 2>/dev/null || true; fi
 	rm -f $(addprefix $(INST_UNITS)/,$(INST_UNIT_NAMES)) $(INST_UDEV)/99-phoneprov.rules \
-		$(INST_CONF)/agent.toml.example $(INST_BIN)/usb-gadget.sh
+		$(INST_CONF)/agent.toml.example $(INST_BIN)/usb-gadget.sh $(INST_SYSUSERS)/phoneprov.conf
 	rm -rf $(INST_VENV)
 	for dir in $(INST_BIN) $(INST_HOME) $(INST_CONF); do \
 		if [ -d $$dir ]; then rmdir --ignore-fail-on-non-empty $$dir || exit 1; fi; \

@@ -22,6 +22,7 @@ INSTALLED = {  # path under DESTDIR → mode
     "etc/udev/rules.d/99-phoneprov.rules": 0o644,
     "etc/phoneprov/agent.toml.example": 0o644,
     "opt/phoneprov/bin/usb-gadget.sh": 0o755,
+    "usr/lib/sysusers.d/phoneprov.conf": 0o644,
 }
 
 
@@ -193,6 +194,27 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     mine = [line for line in done.stderr.splitlines() if str(tmp_path) in line]
     assert mine == []  # unknown keys and bad values are only warnings: none allowed
+
+
+def test_an_image_gets_the_service_user_from_sysusers(tmp_path: Path) -> None:
+    binary("systemd-sysusers", "systemd")
+    assert make("install", f"DESTDIR={tmp_path}", "NO_VENV=1").returncode == 0
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    done = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(tmp_path / "usr/lib/sysusers.d/phoneprov.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    entry = next(
+        line for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("phoneprov:")
+    )
+    _, _, uid, _, _, home, shell = entry.split(":")
+    assert int(uid) < 1000 and home == "/var/lib/phoneprov" and shell == "/usr/sbin/nologin"
+    unit = (BOOT / "phoneprov.service").read_text()
+    assert "User=phoneprov" in unit and "Group=phoneprov" in unit  # the unit runs as the user sysusers makes
 
 
 # --- the USB gadget ------------------------------------------------------------------------------------
