@@ -1,4 +1,4 @@
-"""Fixtures for tests/tools: one PostgreSQL per session, one fresh database per test (tests/pgserver.py)."""
+"""Fixtures for every test directory: one PostgreSQL per session, one fresh database per test (tests/pgserver.py)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import certs
 from agent.stages import AgentError
 from boot.config import ConfigError as AgentConfigError
 from hal.errors import HalError
-from tools import bootstrapcmd, demo, poolusers, report, rigcmd
+from tools import bootstrapcmd, demo, logs, poolusers, report, rigcmd
 from tools.argtypes import name_addr
 from tools.pool import config as pool_config
 from tools.pool.errors import PoolError
@@ -140,6 +140,7 @@ def _build() -> argparse.ArgumentParser:
     ca.add_argument("--verbose", action="store_true", help="print each stage as it completes")
 
     bootstrapcmd.add_parser(sub)
+    logs.add_parser(sub)
 
     pool = sub.add_parser("pool", help="run a lab pool node", description="Lab pool node operations.")
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
@@ -160,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _client_auth(args)
         if args.command == "test-bootstrap":
             return bootstrapcmd.run(args)
+        if args.command == "logs":
+            return logs.run(args)
         if args.command == "discover":
             return _discover(args)
         if args.command == "dhcp-config":
@@ -330,7 +333,7 @@ def _pool(args: argparse.Namespace) -> int:
         p = node.ports
         print(
             f"pool {cfg.fqdn} node {cfg.node}: dhcp {p.dhcp} sntp {p.sntp} http {p.http} https {p.https} "
-            f"sip/tls {p.sip}; "
+            f"sip/tls {p.sip} admin {p.admin}; "
             f"CertProv {node.certprov_url}",
             flush=True,
         )

@@ -313,6 +313,8 @@ class StoreContract:
 
     def test_ping(self, users: Store) -> None:
         users.ping()
+        users.ping(write=True)
+        assert users.list_users() == [ALICE, BOB]  # the write ping changed nothing
 
     def test_closed_store_is_unavailable(self, store: Store) -> None:
         store.close()
@@ -345,6 +347,7 @@ class StoreContract:
             users.reset_local_failures(ALICE.sip_uri)
             users.ping()
             writes: list[Callable[[], object]] = [
+                lambda: users.ping(write=True),  # what /metrics asks: a store that cannot write is down
                 lambda: users.revoke("A" * 40),
                 lambda: fail(users, ALICE, AT),
                 lambda: users.reset_local_failures(BOB.sip_uri),

@@ -8,6 +8,7 @@ the user and request id — the evidence an engineer looks for on every node (fa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -51,23 +52,27 @@ class CertProvService:
         self.now, self.log = now, log
 
     def get_and_publish(self, body: bytes) -> Reply:
-        """POST …/WebTicket_Proof. Every outcome is logged once; refusals are ErrorInfo (HTTP 200)."""
+        """POST …/WebTicket_Proof. Every outcome is logged once, with its duration (request in → certificate
+        published, or refused); refusals are ErrorInfo (HTTP 200)."""
+        started = time.monotonic()
         user, device, request_id = "-", "-", "-"
         try:
             req = certprov.parse_request(body)
             user, device, request_id = req.entity, req.device_id, req.request_id
             cert = self._process(req, self.now())
         except WireError as exc:
-            return self._refuse(_Refused(CertProvCode.BAD_REQUEST, exc.detail), user, device, request_id)
+            refusal = _Refused(CertProvCode.BAD_REQUEST, exc.detail)
+            return self._refuse(refusal, user, device, request_id, started)
         except _Refused as exc:
-            return self._refuse(exc, user, device, request_id)
+            return self._refuse(exc, user, device, request_id, started)
         except Exception as exc:  # anything else still answers ErrorInfo 3099 and leaves a log line
             log.exception("GetAndPublishCert failed for %s", user)
             refusal = _Refused(CertProvCode.INTERNAL, f"internal error: {one_line(exc)}")
-            return self._refuse(refusal, user, device, request_id)
+            return self._refuse(refusal, user, device, request_id, started)
         serial = f"{cert.serial_number:x}"
+        detail = f"published serial {serial}"
         self.log.record(
-            ProvRecord(user, device, Stage.CERT_PUBLISH, "ok", "", request_id, f"published serial {serial}")
+            ProvRecord(user, device, Stage.CERT_PUBLISH, "ok", "", request_id, detail, _ms_since(started))
         )
         out = certprov.build_response(cert.public_bytes(Encoding.DER), request_id)
         return Reply(200, out, XML, f"issued and published serial {serial}")
@@ -125,13 +130,16 @@ class CertProvService:
         except StoreUnavailable as exc:
             raise _Refused(CertProvCode.DATA_STORE_UNAVAILABLE, exc.detail, Stage.CERT_PUBLISH) from None
 
-    def _refuse(self, exc: _Refused, user: str, device: str, request_id: str) -> Reply:
-        self.log.record(
-            ProvRecord(user, device, exc.stage, "failed", str(int(exc.code)), request_id, exc.reason)
-        )
+    def _refuse(self, exc: _Refused, user: str, device: str, request_id: str, started: float) -> Reply:
+        code, ms = str(int(exc.code)), _ms_since(started)
+        self.log.record(ProvRecord(user, device, exc.stage, "failed", code, request_id, exc.reason, ms))
         reason = "data store unavailable" if exc.code is CertProvCode.DATA_STORE_UNAVAILABLE else exc.reason
         body = certprov.build_error(exc.code, reason)
         return Reply(200, body, XML, f"{int(exc.code)} {exc.reason} user={user} request={request_id}")
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
 
 
 def _requested_hours(expiry: datetime | None, at: datetime) -> float | None:

@@ -1,5 +1,6 @@
 """One pool node: the DHCP and SNTP responders, the anonymous HTTP site, the HTTPS Web Services (cheroot,
-real TLS) and the data store, started together and stopped together.
+real TLS), the registrar, the admin listener (/metrics, the log endpoint) and the data store, started
+together and stopped together.
 
 State (CA keys and certificates, the SQLite store, the logs) lives in ``state_dir`` and is kept across
 restarts: a lab pool's root does not change under the phones that already trust it.
@@ -21,10 +22,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from agent.atomic import atomic_write
 from agent.clocks import Clock, SystemClock
 from agent.wire import pkcs7
+from tools.pool.admin import AdminSite, load_or_create_token
 from tools.pool.ca import PoolCA
 from tools.pool.certprov import CertProvService
 from tools.pool.config import CERTPROV_PATH, WEBTICKET_PATH, PoolConfig
 from tools.pool.dhcp import UcOptions, inform_handler
+from tools.pool.metrics import DataStoreHealth, PoolMetrics, store_probe
 from tools.pool.provlog import ProvisioningLog, RequestLog
 from tools.pool.registrar import Registrar
 from tools.pool.sntp import sntp_handler
@@ -49,7 +52,9 @@ class _Server(wsgi.Server):
 class _WebServer:
     """A cheroot WSGI server on its own thread; port 0 picks a free port."""
 
-    def __init__(self, bind: tuple[str, int], app: Site, fqdn: str, tls: tuple[Path, Path] | None = None):
+    def __init__(
+        self, bind: tuple[str, int], app: Site | AdminSite, fqdn: str, tls: tuple[Path, Path] | None = None
+    ):
         self.server = _Server(bind, app, numthreads=8, server_name=fqdn, timeout=10)
         if tls is not None:
             self.server.ssl_adapter = BuiltinSSLAdapter(str(tls[0]), str(tls[1]))
@@ -73,6 +78,14 @@ class NodePorts:
     http: int
     https: int
     sip: int
+    admin: int
+
+
+def _stop_part(part: Any) -> None:
+    try:
+        part.stop() if hasattr(part, "stop") else part.close()
+    except Exception as exc:  # stopping must go on for the other parts
+        log.warning("stopping %s: %s", type(part).__name__, exc)
 
 
 class PoolNode:
@@ -100,6 +113,7 @@ class PoolNode:
         logs = cfg.state_dir / "logs"
         self.provlog = ProvisioningLog(logs / "provisioning.log", cfg.node, now)
         self.requestlog = RequestLog(logs / "requests.log", now)
+        self._start_admin()
         self.tickets = TicketCache()
         webticket = WebTicketService(
             self.store,
@@ -156,12 +170,33 @@ class PoolNode:
         self._parts.append(self.registrar.start())
         log.info("pool node %s up: %s", cfg.node, self.ports)
 
+    def _start_admin(self) -> None:
+        """Metrics first, so they see every provisioning-log line; then the admin listener (full chain always:
+        the incomplete-chain fault is for phones, not for the engineer's collector)."""
+        cfg = self.cfg
+        wait_s = 2 * cfg.store_timeout_s + 0.5  # the check reads, then writes: each bounded by the timeout
+        health = DataStoreHealth(store_probe(self.store), wait_s, cfg.admin.datastore_check_s)
+        self.metrics = PoolMetrics(cfg.node, health)
+        self.provlog.observe(self.metrics.observe)
+        token = load_or_create_token(cfg.admin_token_file, create=cfg.admin.token_file is None)
+        site = AdminSite(
+            cfg.node, self.metrics, self.provlog.path, token, self.requestlog, lambda: self.admin.port
+        )
+        tls = (self.ca.tls_cert_chain_pem_path, self.ca.tls_key_path)
+        self.admin = _WebServer((cfg.bind, cfg.ports.admin), site, cfg.fqdn, tls)
+        self._parts.append(self.admin)
+
     def stop(self) -> None:
-        for part in reversed(self._parts):
-            try:
-                part.stop() if hasattr(part, "stop") else part.close()
-            except Exception as exc:  # stopping must go on for the other parts
-                log.warning("stopping %s: %s", type(part).__name__, exc)
+        """Stop the listeners all at once (cheroot takes up to half a second each), then close the store."""
+        store = getattr(self, "store", None)
+        listeners = [p for p in self._parts if p is not store]
+        stoppers = [threading.Thread(target=_stop_part, args=(p,), daemon=True) for p in listeners]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join(timeout=15)
+        if store is not None and store in self._parts:
+            _stop_part(store)
         self._parts.clear()
 
     def __enter__(self) -> PoolNode:
@@ -172,12 +207,24 @@ class PoolNode:
 
     @property
     def ports(self) -> NodePorts:
-        return NodePorts(self.dhcp.port, self.sntp.port, self.http.port, self.https.port, self.registrar.port)
+        return NodePorts(
+            self.dhcp.port,
+            self.sntp.port,
+            self.http.port,
+            self.https.port,
+            self.registrar.port,
+            self.admin.port,
+        )
 
     @property
     def base_url(self) -> str:
         """https://<fqdn>:<port> as phones must address the Web Services (the name is what TLS checks)."""
         return f"https://{self.cfg.fqdn}:{self.https.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Where ``phoneprov logs collect`` and Prometheus reach this node (its ``[[nodes]]`` admin_url)."""
+        return f"https://{self.cfg.fqdn}:{self.admin.port}"
 
     @property
     def certprov_url(self) -> str:

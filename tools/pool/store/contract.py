@@ -336,8 +336,9 @@ class Store(Protocol):
 
     def password_hash(self, sip_uri: str) -> str | None: ...
 
-    def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless the store answers a read."""
+    def ping(self, write: bool = False) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers a read — with ``write``, unless it also
+        takes a write (a no-op one): a store that reads but cannot write is failure 1 all the same."""
         ...
 
     def close(self) -> None: ...
