@@ -103,8 +103,8 @@ class DataStoreHealth:
             self._up, self._checked_at = up, self._monotonic()
         if changed and up:
             log.info("data store available")
-        elif changed:
-            log.warning("data store unavailable: %s", why)
+        elif changed:  # ``why`` already says "data store unavailable: …" when the store said so
+            log.warning("%s", why if "data store unavailable" in why else f"data store unavailable: {why}")
 
 
 class _StoreUp:
