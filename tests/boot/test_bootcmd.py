@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,17 @@ from tests.e2e.conftest import Lab
 from tools.cli import main
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def _own_logging() -> Iterator[None]:
+    """`phoneprov boot` configures logging as the firmware entry must; put it back for the tests after."""
+    root, ours = logging.getLogger(), logging.getLogger("phoneprov")
+    saved = root.handlers[:], root.level, ours.handlers[:], ours.level
+    yield
+    root.handlers[:], ours.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    ours.setLevel(saved[3])
 
 
 def test_boot_once_signs_in(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

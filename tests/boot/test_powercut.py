@@ -7,6 +7,7 @@ kill is followed by a clean boot that must sign in; the device id never changes.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -54,6 +55,10 @@ def _boot_in_child(cfg: AgentConfig, state: Path, point: str | None, nth: int, d
     if pid == 0:  # the phone
         code = 4
         try:
+            # The parent's pool threads may have held a stdio buffer's lock at the fork (a log line in
+            # flight): the child must never touch inherited streams, or it waits on that lock for ever.
+            logging.disable(logging.CRITICAL)
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — the child ends with os._exit
             reached = Counter[str]()
 
             def cut(at: str) -> None:
