@@ -332,7 +332,7 @@ def _pool(args: argparse.Namespace) -> int:
     with PoolNode(cfg) as node:
         p = node.ports
         print(
-            f"pool {cfg.fqdn} node {cfg.node}: dhcp {p.dhcp} sntp {p.sntp} http {p.http} https {p.https} "
+            f"pool {cfg.fqdn} node {cfg.node}: dhcp {p.dhcp or 'off'} sntp {p.sntp} http {p.http} https {p.https} "
             f"sip/tls {p.sip} admin {p.admin}; "
             f"CertProv {node.certprov_url}",
             flush=True,

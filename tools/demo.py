@@ -151,7 +151,7 @@ def loopback_phone(node: PoolNode, root: Path) -> tuple[PhoneConfig, TrustStore]
         device_id="{" + str(uuid.uuid5(uuid.NAMESPACE_DNS, "demo-phone.lab.test")).upper() + "}",
         discovery=DiscoveryConfig(
             ciaddr=IPv4Address("127.0.0.1"),
-            server=("127.0.0.1", ports.dhcp),
+            server=("127.0.0.1", ports.dhcp or 67),  # the demo's pool always serves DHCP
             bind=("127.0.0.1", 0),
             interval_s=1.0,
         ),

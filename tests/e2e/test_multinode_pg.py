@@ -36,8 +36,15 @@ class Pool:
     fe2: Lab
 
     def phone(self, enrol_at: Lab, register_at: Lab, username: str, pin: str) -> PhoneConfig:
-        """DHCP, CertProv from ``enrol_at``; REGISTER at ``register_at`` (the same pool name, another node)."""
-        return replace(enrol_at.phone_config(username, pin), registrar_port=register_at.node.ports.sip)
+        """CertProv at ``enrol_at``, REGISTER at ``register_at`` (the same pool name, another node). fe1 serves
+        DHCP for the subnet; a phone sent to fe2 is configured with its URL, as with the cmdlets' -TargetUri."""
+        cfg = replace(enrol_at.phone_config(username, pin), registrar_port=register_at.node.ports.sip)
+        if enrol_at.node.dhcp is not None:
+            return cfg
+        here = replace(
+            cfg.discovery, certprov_url=enrol_at.node.certprov_url, registrar_fqdn=enrol_at.node.cfg.fqdn
+        )
+        return replace(cfg, discovery=here, time=replace(cfg.time, fallback=("127.0.0.1",)))
 
     def collect(self, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
         nodes = "".join(
@@ -73,7 +80,10 @@ def pool(tmp_path: Path, pg_url: str) -> Iterator[Pool]:
     with ExitStack() as stack:
         labs = []
         for name in ("fe1", "fe2"):
-            node = stack.enter_context(PoolNode(replace(base, state_dir=tmp_path / name, node=name), clock))
+            one = replace(
+                base, state_dir=tmp_path / name, node=name, serve_dhcp=name == "fe1"
+            )  # one per subnet
+            node = stack.enter_context(PoolNode(one, clock))
             (tmp_path / f"phone-{name}").mkdir()
             labs.append(Lab(node, clock, tmp_path / f"phone-{name}"))
         labs[0].node.add_user(ALICE, "tel:+14255550123;ext=123", ALICE_PIN, "Alice")

@@ -9,6 +9,7 @@ bind = "127.0.0.1"             # web services and SNTP listen here
 advertise = "192.0.2.1"        # the address phones are given (DHCP server id, NTP); default: bind
 dhcp_bind = "0.0.0.0"          # DHCP must listen on all addresses to receive broadcast INFORMs
 dhcp_interface = "eth1"        # optional: serve DHCP on this NIC only (a lab with no other DHCP server)
+serve_dhcp = true              # false: a real DHCP server (phoneprov dhcp-config) or another node answers
 voice_vlan = 100               # optional: answer the phones' CPE-OCPHONE INFORM with this VLAN
 state_dir = "/var/lib/phoneprov-pool"
 [ports]                        # 0 = any free port (tests, demo)
@@ -145,6 +146,7 @@ class PoolConfig:
     advertise: str | None = None
     dhcp_bind: str = "0.0.0.0"
     dhcp_interface: str | None = None
+    serve_dhcp: bool = True  # one DHCP responder per subnet: the other nodes of a pool leave it off
     voice_vlan: int | None = None
     ports: Ports = field(default_factory=Ports)
     registrar_fqdn: str | None = None

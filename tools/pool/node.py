@@ -73,7 +73,7 @@ class _WebServer:
 
 @dataclass(frozen=True)
 class NodePorts:
-    dhcp: int
+    dhcp: int | None  # None: this node serves no DHCP
     sntp: int
     http: int
     https: int
@@ -147,10 +147,11 @@ class PoolNode:
             cfg.fqdn,
         )
         self._parts.append(self.http)
-        self.dhcp = UdpResponder(
-            "dhcp", (cfg.dhcp_bind, cfg.ports.dhcp), inform_handler(self._uc_options), cfg.dhcp_interface
-        ).start()
-        self._parts.append(self.dhcp)
+        self.dhcp: UdpResponder | None = None
+        if cfg.serve_dhcp:
+            handler = inform_handler(self._uc_options)
+            self.dhcp = UdpResponder("dhcp", (cfg.dhcp_bind, cfg.ports.dhcp), handler, cfg.dhcp_interface)
+            self._parts.append(self.dhcp.start())
         offset = cfg.sntp_offset_s
         self.sntp = UdpResponder(
             "sntp", (cfg.bind, cfg.ports.sntp), sntp_handler(now, lambda: offset)
@@ -208,7 +209,7 @@ class PoolNode:
     @property
     def ports(self) -> NodePorts:
         return NodePorts(
-            self.dhcp.port,
+            self.dhcp.port if self.dhcp is not None else None,
             self.sntp.port,
             self.http.port,
             self.https.port,
