@@ -6,56 +6,47 @@ the ``users`` row for a publish), so two nodes recording failures for one user q
 count. A node that loses the server answers :class:`StoreUnavailable` (lock and statement timeouts, connect
 timeout) and needs no restart when it returns: the connection pool checks each connection on checkout and
 replaces the dead ones. Reads are REPEATABLE READ snapshots, so a record is never assembled from two
-different moments.
+different moments. The store's rules and their SQL are :mod:`.sqlbase`'s; this module supplies the pooled
+transactions, the row locks and the storage form of an instant (TIMESTAMPTZ).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import errors
+from psycopg.rows import TupleRow
 
-from tools.pool.errors import PoolError, StoreUnavailable
-from tools.pool.store.contract import (
-    PinRecord,
-    PublishedCert,
-    User,
-    UsernameQuery,
-    device_key,
-    no_such_user,
-    require_aware,
-    thumbprint_key,
-    user_key,
-)
+from tools.pool.errors import StoreUnavailable
+from tools.pool.store.blocker import WriteBlocker
+from tools.pool.store.contract import require_aware
 from tools.pool.store.pgconn import Conn, ConnectionPool, PgTarget, pg_target, reason
-from tools.pool.store.postgres_reg import PgRegistrationsMixin, utc
 from tools.pool.store.schema import POSTGRESQL, SCHEMA_VERSION, TABLES, check_version, pending
+from tools.pool.store.sqlbase import SqlConn, SqlStore
 
-_USER_COLUMNS = "sip_uri, line_uri, display_name, enabled, pin_auth_enabled, home_pool"
-_CERT_COLUMNS = "sip_uri, device_id, thumbprint, serial, not_before, not_after, published_at, der, revoked"
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _MIGRATION_LOCK = int.from_bytes(b"phonepr1", "big")  # the advisory lock every node migrates under
 
 
-def _user(row: tuple[object, ...]) -> User:
-    sip_uri, line_uri, display_name, enabled, pin_auth, home_pool = row
-    return User(str(sip_uri), str(line_uri), str(display_name), bool(enabled), bool(pin_auth), str(home_pool))
+class QmarkConn:
+    """A pooled connection that takes the shared SQL's ``?`` placeholders (psycopg's are ``%s``).
+
+    The shared statements hold no ``?`` but placeholders; a literal ``%`` is escaped all the same.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> psycopg.Cursor[TupleRow]:
+        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
 
 
-def _cert(row: tuple[object, ...]) -> PublishedCert:
-    uri, device, thumb, serial, not_before, not_after, published_at, der, revoked = row
-    assert isinstance(der, bytes)
-    return PublishedCert(
-        str(uri), str(device), str(thumb), str(serial), utc(not_before), utc(not_after), utc(published_at),
-        der, bool(revoked),
-    )  # fmt: skip
-
-
-def _schema_version(conn: Conn) -> int:
+def _schema_version(conn: SqlConn) -> int:
     row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
     if row is None or not row[0]:
         return 0
@@ -63,12 +54,17 @@ def _schema_version(conn: Conn) -> int:
     return int(found[0]) if found is not None and found[0] is not None else 0
 
 
-class PostgresStore(PgRegistrationsMixin):
+class PostgresStore(SqlStore):
     """The pool's data store in a PostgreSQL database; safe to share between request threads and nodes.
 
     ``timeout_s`` bounds connecting (libpq's minimum is 2 s), waiting for a lock or a free connection;
     a ``?timeout=`` in the URL overrides it.
     """
+
+    # Nodes write at once: a write that reads first locks the row it depends on, and a duplicate key
+    # another node inserted after the check is reported like the check would have.
+    _ROW_LOCKS = True
+    _UNIQUE_RACE = (errors.UniqueViolation,)
 
     def __init__(self, target: PgTarget | str, timeout_s: float = 2.0) -> None:
         self.target = target if isinstance(target, PgTarget) else pg_target(target)
@@ -93,18 +89,18 @@ class PostgresStore(PgRegistrationsMixin):
         if current < SCHEMA_VERSION:
             with self._write() as conn:
                 # Nodes starting together queue here; the later ones then find nothing left to do.
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
                 for statement in pending(POSTGRESQL, _schema_version(conn)):
                     conn.execute(statement)  # DDL from schema.py, no user input
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[Conn]:
+    def _transaction(self, begin: str) -> Iterator[QmarkConn]:
         """One transaction on a pooled connection; any driver failure becomes one StoreUnavailable line."""
         try:
             with self._pool.connection() as conn:
                 conn.execute(begin)  # one of two constants
                 try:
-                    yield conn
+                    yield QmarkConn(conn)
                 except BaseException:
                     if not conn.closed and not conn.broken:
                         with suppress(psycopg.Error):
@@ -114,230 +110,32 @@ class PostgresStore(PgRegistrationsMixin):
         except (psycopg.Error, OSError) as exc:
             raise StoreUnavailable(f"postgresql {self.target.display}: {reason(exc, self.target)}") from exc
 
-    def _write(self) -> AbstractContextManager[Conn]:
+    def _write(self) -> AbstractContextManager[QmarkConn]:
         return self._transaction("BEGIN")
 
-    def _read(self) -> AbstractContextManager[Conn]:
+    def _read(self) -> AbstractContextManager[QmarkConn]:
         return self._transaction(_READ)
 
     @staticmethod
-    def _require_user(conn: Conn, sip_uri: str, lock: str = "") -> str:
-        key = user_key(sip_uri)
-        if conn.execute(f"SELECT 1 FROM users WHERE user_key = %s {lock}", (key,)).fetchone() is None:
-            raise no_such_user(sip_uri)
-        return key
+    def _to_db(at: datetime) -> datetime:
+        return require_aware(at)
 
     @staticmethod
-    def _lock_pins(conn: Conn, sip_uri: str) -> str:
-        """Take the user's PIN row: every PIN write queues behind the one before it, on every node."""
-        key = user_key(sip_uri)
-        if conn.execute("SELECT 1 FROM pins WHERE user_key = %s FOR UPDATE", (key,)).fetchone() is None:
-            raise no_such_user(sip_uri)
-        return key
-
-    @staticmethod
-    def _pin_record(conn: Conn, sip_uri: str) -> PinRecord | None:
-        key = user_key(sip_uri)
-        row = conn.execute(
-            "SELECT u.sip_uri, p.pin_hash, p.pin_length, p.set_at, p.locked_until, p.global_failures, "
-            "p.locked_permanently FROM pins p JOIN users u USING (user_key) WHERE p.user_key = %s",
-            (key,),
-        ).fetchone()
-        if row is None:
-            return None
-        uri, pin_hash, length, set_at, locked_until, global_failures, permanent = row
-        rows = conn.execute("SELECT at FROM pin_failures WHERE user_key = %s ORDER BY at", (key,)).fetchall()
-        return PinRecord(
-            str(uri),
-            str(pin_hash),
-            int(length),
-            utc(set_at),
-            tuple(utc(f[0]) for f in rows),
-            None if locked_until is None else utc(locked_until),
-            int(global_failures),
-            bool(permanent),
-        )
-
-    # -- users and PINs ---------------------------------------------------------------------------------
-
-    def add_user(self, user: User, pin_hash: str, pin_length: int, at: datetime) -> None:
-        when = require_aware(at)
-        names = (user.key, user.sip_uri, user.line_uri, user.number[1:], user.extension, user.display_name)
-        with self._write() as conn:
-            done = conn.execute(
-                "INSERT INTO users (user_key, sip_uri, line_uri, number_digits, extension, display_name, "
-                "enabled, pin_auth_enabled, home_pool) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (user_key) DO NOTHING",
-                (*names, user.enabled, user.pin_auth_enabled, user.home_pool),
-            )
-            if done.rowcount == 0:
-                raise PoolError("USER_EXISTS", f"user {user.sip_uri!r} already exists in the store")
-            conn.execute(
-                "INSERT INTO pins (user_key, pin_hash, pin_length, set_at) VALUES (%s, %s, %s, %s)",
-                (user.key, pin_hash, pin_length, when),
-            )
-
-    def get_user(self, sip_uri: str) -> User | None:
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE user_key = %s", (user_key(sip_uri),)
-            ).fetchone()
-        return _user(row) if row else None
-
-    def list_users(self) -> list[User]:
-        with self._read() as conn:
-            rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY user_key").fetchall()
-        return [_user(row) for row in rows]
-
-    def find_users(self, username: str) -> list[User]:
-        query = UsernameQuery.parse(username)
-        if query is None:
-            return []
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT number_digits, extension, {_USER_COLUMNS} FROM users "
-                "WHERE number_digits = %s OR extension = %s ORDER BY user_key",
-                (query.digits, query.digits),
-            ).fetchall()
-        return [_user(row[2:]) for row in rows if query.matches(str(row[0]), str(row[1]))]
-
-    def pin_record(self, sip_uri: str) -> PinRecord | None:
-        with self._read() as conn:
-            return self._pin_record(conn, sip_uri)
-
-    def set_pin(self, sip_uri: str, pin_hash: str, pin_length: int, at: datetime) -> None:
-        when = require_aware(at)
-        with self._write() as conn:
-            done = conn.execute(
-                "UPDATE pins SET pin_hash = %s, pin_length = %s, set_at = %s WHERE user_key = %s",
-                (pin_hash, pin_length, when, user_key(sip_uri)),
-            )
-            if done.rowcount == 0:
-                raise no_such_user(sip_uri)
-
-    def record_pin_failure(
-        self,
-        sip_uri: str,
-        at: datetime,
-        window: timedelta,
-        local_limit: int,
-        lock_for: timedelta,
-        global_limit: int,
-    ) -> PinRecord:
-        when = require_aware(at)
-        with self._write() as conn:
-            key = self._lock_pins(conn, sip_uri)
-            conn.execute("DELETE FROM pin_failures WHERE user_key = %s AND at <= %s", (key, when - window))
-            conn.execute("INSERT INTO pin_failures (user_key, at) VALUES (%s, %s)", (key, when))
-            counted = conn.execute("SELECT COUNT(*) FROM pin_failures WHERE user_key = %s", (key,)).fetchone()
-            local = int(counted[0]) if counted is not None else 0
-            conn.execute(
-                "UPDATE pins SET global_failures = global_failures + 1, "
-                "locked_until = CASE WHEN %s THEN %s ELSE locked_until END, "
-                "locked_permanently = locked_permanently OR global_failures + 1 >= %s WHERE user_key = %s",
-                (local >= local_limit, when + lock_for, global_limit, key),
-            )
-            record = self._pin_record(conn, sip_uri)
-        assert record is not None
-        return record
-
-    def reset_local_failures(self, sip_uri: str) -> None:
-        record = self.pin_record(sip_uri)
-        if record is None:
-            raise no_such_user(sip_uri)
-        if not record.failures and record.locked_until is None:
-            return  # nothing to reset: stay read-only, so sign-in works while writes are blocked
-        with self._write() as conn:
-            key = self._lock_pins(conn, sip_uri)
-            conn.execute("DELETE FROM pin_failures WHERE user_key = %s", (key,))
-            conn.execute("UPDATE pins SET locked_until = NULL WHERE user_key = %s", (key,))
-
-    def unlock_pin(self, sip_uri: str) -> None:
-        with self._write() as conn:
-            key = self._lock_pins(conn, sip_uri)
-            conn.execute("DELETE FROM pin_failures WHERE user_key = %s", (key,))
-            conn.execute(
-                "UPDATE pins SET locked_until = NULL, global_failures = 0, locked_permanently = FALSE "
-                "WHERE user_key = %s",
-                (key,),
-            )
-
-    # -- certificates -----------------------------------------------------------------------------------
-
-    def publish(self, cert: PublishedCert) -> None:
-        thumb = thumbprint_key(cert.thumbprint)
-        device = device_key(cert.device_id)
-        times = [require_aware(t) for t in (cert.not_before, cert.not_after, cert.published_at)]
-        row = (thumb, device, cert.sip_uri, cert.device_id, cert.serial, *times, cert.der, cert.revoked)
-        taken = PoolError("CERT_EXISTS", f"certificate {thumb} is already published for another device")
-        with self._write() as conn:
-            # The user's row lock queues two nodes publishing for one device (else both DELETE, both INSERT).
-            key = self._require_user(conn, cert.sip_uri, lock="FOR NO KEY UPDATE")
-            owner = conn.execute(
-                "SELECT user_key, device_key FROM certificates WHERE thumbprint = %s", (thumb,)
-            ).fetchone()
-            if owner is not None and tuple(owner) != (key, device):
-                raise taken
-            conn.execute("DELETE FROM certificates WHERE user_key = %s AND device_key = %s", (key, device))
-            try:
-                conn.execute(
-                    "INSERT INTO certificates (thumbprint, device_key, sip_uri, device_id, serial, "
-                    "not_before, not_after, published_at, der, revoked, user_key) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (*row, key),
-                )
-            except errors.UniqueViolation:
-                raise taken from None  # another user's node published the same thumbprint just now
-
-    def certificates(self, sip_uri: str) -> list[PublishedCert]:
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE user_key = %s "
-                "ORDER BY published_at, thumbprint",
-                (user_key(sip_uri),),
-            ).fetchall()
-        return [_cert(r) for r in rows]
-
-    def certificate(self, thumbprint: str) -> PublishedCert | None:
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_CERT_COLUMNS} FROM certificates WHERE thumbprint = %s",
-                (thumbprint_key(thumbprint),),
-            ).fetchone()
-        return _cert(row) if row else None
-
-    def revoke(self, thumbprint: str) -> None:
-        with self._write() as conn:
-            done = conn.execute(
-                "UPDATE certificates SET revoked = TRUE WHERE thumbprint = %s", (thumbprint_key(thumbprint),)
-            )
-            if done.rowcount == 0:
-                raise PoolError("NO_SUCH_CERT", f"no certificate with thumbprint {thumbprint!r} in the store")
-
-    def ping(self, write: bool = False) -> None:
-        if write:
-            with self._write() as conn:  # takes the write lock, changes nothing
-                conn.execute("UPDATE schema_version SET version = version")
-            return
-        with self._read() as conn:
-            conn.execute("SELECT version FROM schema_version").fetchone()
+    def _from_db(value: object) -> datetime:
+        """A TIMESTAMPTZ as read back, in ``datetime.UTC`` (the session zone is UTC; this says so)."""
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
 
     def close(self) -> None:
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.close()
 
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"PostgresStore({self.target.display!r})"
 
 
-class PgStoreBlocker:
+class PgStoreBlocker(WriteBlocker[Conn]):
     """Holds EXCLUSIVE locks on the store's tables from its own connection: a real, reversible outage.
 
     EXCLUSIVE conflicts with every row lock and every INSERT/UPDATE/DELETE but not with plain SELECTs, so
@@ -348,26 +146,14 @@ class PgStoreBlocker:
     def __init__(self, target: PgTarget | str, timeout_s: float = 1.0) -> None:
         """``target``: the store URL the pool was configured with (or its parsed form)."""
         self.target = target if isinstance(target, PgTarget) else pg_target(target)
-        self.timeout_s = timeout_s
-        self._conn: Conn | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def held(self) -> bool:
-        return self._conn is not None
+        super().__init__(timeout_s)
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(
             f"postgresql {self.target.display}: blocker {what}: {reason(exc, self.target)}"
         )
 
-    def start(self) -> PgStoreBlocker:
-        with self._lock:
-            if self._conn is None:
-                self._conn = self._lock_tables()
-        return self
-
-    def _lock_tables(self) -> Conn:
+    def _take(self) -> Conn:
         try:
             conn = self.target.connector(self.timeout_s)()
         except psycopg.Error as exc:
@@ -381,18 +167,9 @@ class PgStoreBlocker:
             raise self._unavailable("cannot lock", exc) from exc
         return conn
 
-    def stop(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                with suppress(psycopg.Error):  # a server that went away took the locks with it
-                    conn.execute("ROLLBACK")
-            finally:
-                conn.close()
-
-    def __enter__(self) -> PgStoreBlocker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _release(self, conn: Conn) -> None:
+        try:
+            with suppress(psycopg.Error):  # a server that went away took the locks with it
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()
