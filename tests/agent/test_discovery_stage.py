@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -18,27 +17,12 @@ from agent.discovery import DiscoveryConfig, discover
 from agent.net import Resolver
 from agent.stages import StageError
 from agent.wire import dhcp
+from tests.fakes import FakeClock
 
 MAC = b"\x02\x00\x00\x00\x00\x09"
 INFO = dhcp.UcVendorInfo(
     "MS-UC-Client", "https", "pool.lab.test", "443", "/CertProv/CertProvisioningService.svc"
 )
-
-
-class FakeClock:
-    """Time moves only when the code under test waits."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.t)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class FakeNet:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Interface
 from pathlib import Path
 
@@ -22,28 +21,13 @@ from boot.vlan import VoiceVlan
 from hal.errors import HalError
 from hal.nic import NicFacts, vlan_name
 from tests.e2e.conftest import start_lab
-
-
-class VirtualClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> datetime:
-        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.t)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
+from tests.fakes import FakeClock
 
 
 class FakeHost:
     """Interfaces by name; a VLAN interface gets its address ``lease_after_s`` after it was created."""
 
-    def __init__(
-        self, clock: VirtualClock, privileged: bool = True, lease_after_s: float | None = 2.0
-    ) -> None:
+    def __init__(self, clock: FakeClock, privileged: bool = True, lease_after_s: float | None = 2.0) -> None:
         self.clock, self.privileged, self.lease_after_s = clock, privileged, lease_after_s
         self.created: dict[str, float] = {}
 
@@ -69,7 +53,7 @@ class FakeNic:
         return NicFacts(self.name, "02:00:00:00:00:01", ipv4, True, "up")
 
 
-def _voice(host: FakeHost, clock: VirtualClock) -> VoiceVlan:
+def _voice(host: FakeHost, clock: FakeClock) -> VoiceVlan:
     return VoiceVlan("eth0", clock, apply=host.apply, nic=host.nic, timeout_s=30.0)
 
 
@@ -77,7 +61,7 @@ BASE = DiscoveryConfig(interface="eth0", vlan=True)
 
 
 def test_the_phone_moves_onto_the_voice_vlan_once_it_has_an_address() -> None:
-    clock = VirtualClock()
+    clock = FakeClock()
     host = FakeHost(clock)
     voice = _voice(host, clock)
     moved = voice.enter(100, BASE)
@@ -90,7 +74,7 @@ def test_the_phone_moves_onto_the_voice_vlan_once_it_has_an_address() -> None:
 
 
 def test_an_unprivileged_phone_stays_untagged_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    clock = VirtualClock()
+    clock = FakeClock()
     voice = _voice(FakeHost(clock, privileged=False), clock)
     with caplog.at_level(logging.WARNING, "phoneprov.boot"):
         assert voice.enter(100, BASE) is None
@@ -100,7 +84,7 @@ def test_an_unprivileged_phone_stays_untagged_and_says_why(caplog: pytest.LogCap
 
 
 def test_no_address_on_the_vlan_is_a_timeout_not_a_hang() -> None:
-    clock = VirtualClock()
+    clock = FakeClock()
     voice = _voice(FakeHost(clock, lease_after_s=None), clock)
     assert voice.enter(100, BASE) is None
     assert 30.0 <= clock.t <= 30.5
@@ -108,7 +92,7 @@ def test_no_address_on_the_vlan_is_a_timeout_not_a_hang() -> None:
 
 
 def test_a_lab_without_broadcast_is_left_alone() -> None:
-    clock = VirtualClock()
+    clock = FakeClock()
     host = FakeHost(clock)
     lab = DiscoveryConfig(server=("192.0.2.1", 67), vlan=True)
     assert _voice(host, clock).enter(100, lab) is None and host.created == {}

@@ -235,17 +235,7 @@ class AdminSite:
             answer = _text("500 Internal Server Error", f"internal error: {type(exc).__name__}")
         headers = [*answer.headers, ("Content-Length", str(len(answer.body)))]
         start_response(answer.status, headers)
-        self.request_log.record(
-            str(environ.get("SERVER_NAME", "-")),
-            method,
-            path,
-            self.port(),
-            str(environ.get("REMOTE_ADDR", "-")),
-            str(environ.get("HTTP_USER_AGENT", "-")),
-            int(answer.status[:3]),
-            int((time.monotonic() - started) * 1000),
-            answer.detail,
-        )
+        self.request_log.record_wsgi(environ, self.port(), int(answer.status[:3]), started, answer.detail)
         return [answer.body]
 
     def _dispatch(self, method: str, path: str, environ: dict[str, Any]) -> _Answer:

@@ -21,7 +21,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -245,4 +246,20 @@ class RequestLog(_LineFile):
         self._append(
             f"{now:%Y-%m-%d} {now:%H:%M:%S} {_token(s_ip)} {_token(method)} {_token(path)} {port} "
             f"{_token(c_ip)} {agent} {status} {ms} {_quoted(detail)}"
+        )
+
+    def record_wsgi(
+        self, environ: Mapping[str, Any], port: int, status: int, started: float, detail: str
+    ) -> None:
+        """One line for a WSGI request; ``started`` is its ``time.monotonic()`` at arrival."""
+        self.record(
+            str(environ.get("SERVER_NAME", "-")),
+            str(environ.get("REQUEST_METHOD", "GET")),
+            str(environ.get("PATH_INFO", "/")),
+            port,
+            str(environ.get("REMOTE_ADDR", "-")),
+            str(environ.get("HTTP_USER_AGENT", "-")),
+            status,
+            int((time.monotonic() - started) * 1000),
+            detail,
         )

@@ -59,17 +59,7 @@ class Site:
         }
         headers = [*reply.headers, ("Content-Length", str(len(reply.body)))]
         start_response(f"{reply.status} {reasons.get(reply.status, 'Status')}", headers)
-        self.request_log.record(
-            str(environ.get("SERVER_NAME", "-")),
-            method,
-            path,
-            self.port(),
-            str(environ.get("REMOTE_ADDR", "-")),
-            str(environ.get("HTTP_USER_AGENT", "-")),
-            reply.status,
-            int((time.monotonic() - started) * 1000),
-            reply.detail,
-        )
+        self.request_log.record_wsgi(environ, self.port(), reply.status, started, reply.detail)
         return [reply.body]
 
     def _dispatch(self, method: str, path: str, environ: dict[str, Any]) -> Reply:
