@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from tools.bench import chain, dhcpcodec, keygen, signin
+from tools.bench import chain, dhcpcodec, keygen, signin, store
 
 
 def main() -> int:
     print("phoneprov benchmarks — peers measured in the same run; ratio = ours / peer (< 1: ours faster)\n")
-    for section in (dhcpcodec.run, chain.run, signin.run, keygen.run):
+    for section in (dhcpcodec.run, chain.run, store.run, signin.run, keygen.run):
         for line in section():
             print(line, flush=True)
         print()
