@@ -24,8 +24,6 @@ exception out of the handshake; and neither side goes on unless the check ran an
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -34,7 +32,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL, crypto
 
-from agent.stages import X509_ERRORS, Stage, StageError, one_line
+from agent.stages import X509_ERRORS, one_line
+from agent.wire.dskrecords import TlsDskError as TlsDskError
+from agent.wire.dskrecords import check_records, gssapi_decode, gssapi_encode
 
 __all__ = [
     "CIPHER_LIST",
@@ -58,23 +58,7 @@ _SERVER_KEY = slice(96, 128)
 AES_SUITES = ("AES128-SHA", "AES256-SHA")  # TLS_RSA_WITH_AES_128_CBC_SHA 0x002F, _AES_256_CBC_SHA 0x0035
 RC4_SUITES = ("RC4-MD5", "RC4-SHA")  # 0x0004, 0x0005: legacy peers only
 MIN_RSA_BITS = 1024
-#: Largest TLS flight accepted in one gssapi-data (a flight is a few KiB; this caps memory, not the protocol).
-MAX_FLIGHT_BYTES = 64 * 1024
-_MAX_RECORD_BODY = 2**14 + 2048
-_RECORD_TYPES = frozenset({20, 21, 22, 23})
 _HANDSHAKE, _CERTIFICATE = 22, 11
-
-
-class TlsDskError(StageError):
-    """The TLS-DSK handshake failed (stage REGISTER). ``reason`` is the certificate check's refusal, if any.
-
-    Codes: ``GSSAPI_DATA`` (not base64 TLS records), ``TLS_HANDSHAKE`` (OpenSSL rejected the records),
-    ``SERVER_CERT_REFUSED``, ``CLIENT_CERT_REFUSED``, ``TLS_STATE`` (flight out of order or incomplete).
-    """
-
-    def __init__(self, code: str, detail: str, reason: str | None = None) -> None:
-        super().__init__(Stage.REGISTER, code, detail)
-        self.reason = reason
 
 
 def _probe_rc4() -> bool:
@@ -121,45 +105,6 @@ def derive_keys(conn: SSL.Connection) -> DskKeys:
         raise TlsDskError("TLS_HANDSHAKE", f"TLS-DSK needs TLS 1.0-1.2 keying material, not {version}")
     block = conn.export_keying_material(KEY_LABEL, KEY_BLOCK_BYTES, None)
     return DskKeys(block[_CLIENT_KEY], block[_SERVER_KEY], conn.get_cipher_name() or "", version)
-
-
-def gssapi_encode(records: bytes) -> str:
-    """The ``gssapi-data`` value for a flight: base64 of the raw records, no line breaks."""
-    return base64.b64encode(records).decode("ascii")
-
-
-def gssapi_decode(text: str) -> bytes:
-    """The raw records of a ``gssapi-data`` value; :class:`TlsDskError` (GSSAPI_DATA) if it is not base64."""
-    if len(text) > (MAX_FLIGHT_BYTES + 2) // 3 * 4:
-        raise TlsDskError("GSSAPI_DATA", f"gssapi-data is {len(text)} characters; too large for a TLS flight")
-    try:
-        data = base64.b64decode(text.strip().encode("ascii"), validate=True)
-    except (UnicodeEncodeError, binascii.Error):
-        raise TlsDskError("GSSAPI_DATA", "gssapi-data is not valid base64") from None
-    if not data:
-        raise TlsDskError("GSSAPI_DATA", "gssapi-data is empty")
-    return data
-
-
-def _check_records(data: bytes) -> None:
-    """Whole TLS 1.x records only, so that a truncated flight is named as such instead of stalling."""
-    if not data:
-        raise TlsDskError("GSSAPI_DATA", "empty TLS flight")
-    if len(data) > MAX_FLIGHT_BYTES:
-        raise TlsDskError("GSSAPI_DATA", f"TLS flight of {len(data)} bytes exceeds {MAX_FLIGHT_BYTES}")
-    at = 0
-    while at < len(data):
-        header = data[at : at + 5]
-        if len(header) < 5:
-            raise TlsDskError("GSSAPI_DATA", f"truncated TLS record header at byte {at}")
-        if header[0] not in _RECORD_TYPES or header[1] != 3:
-            raise TlsDskError("GSSAPI_DATA", f"byte {at} does not start a TLS 1.x record")
-        length = int.from_bytes(header[3:5], "big")
-        if length > _MAX_RECORD_BODY:
-            raise TlsDskError("GSSAPI_DATA", f"TLS record at byte {at} claims {length} bytes")
-        if at + 5 + length > len(data):
-            raise TlsDskError("GSSAPI_DATA", f"truncated TLS record at byte {at}")
-        at += 5 + length
 
 
 def _one_line(exc: SSL.Error) -> str:
@@ -264,7 +209,7 @@ class _Endpoint:
         if self._failed:
             raise TlsDskError("TLS_STATE", "this TLS-DSK handshake already failed; restart at REGISTER A")
         if records is not None:
-            _check_records(records)
+            check_records(records)
         self._failed = True  # until proven otherwise: a callback exception must not leave a live state
         try:
             if records is not None:

@@ -19,7 +19,8 @@ from agent.wire.regflow import RegisterFlow, Step
 from agent.wire.sip import SipMessage, decode, encode
 from tools.pool.ca import PoolCA, thumbprint
 from tools.pool.regcheck import client_checker
-from tools.pool.regcore import ExpiryPolicy, Handled, RegistrarConnection
+from tools.pool.regcore import RegistrarConnection
+from tools.pool.regtypes import ExpiryPolicy, Handled
 from tools.pool.store.contract import PublishedCert, User
 from tools.pool.store.sqlite import SqliteStore
 

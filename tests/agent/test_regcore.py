@@ -25,7 +25,8 @@ from agent.wire.sipauth import format_auth_params
 from tests.agent.regpki import ALICE, POOL, Pki, T, exchange, make_pki, phone, registrar, wire
 from tools.pool.ca import thumbprint
 from tools.pool.regcheck import certificate_aors, client_checker
-from tools.pool.regcore import ExpiryPolicy, Handled, RegistrarConnection, server_sa_lifetime
+from tools.pool.regcore import RegistrarConnection
+from tools.pool.regtypes import ExpiryPolicy, Handled, server_sa_lifetime
 from tools.pool.store.contract import PublishedCert
 
 

@@ -21,7 +21,8 @@ from agent.wire.sip import SipMessage, build_response, parse_name_addr
 from agent.wire.sipauth import format_auth_params, parse_ms_diagnostics
 from tests.agent.regpki import ALICE, BOB, POOL, STS, Pki, T, exchange, make_pki, phone, registrar, wire
 from tools.pool.ca import thumbprint
-from tools.pool.regcore import Handled, RegistrarConnection
+from tools.pool.regcore import RegistrarConnection
+from tools.pool.regtypes import Handled
 from tools.pool.store.contract import PublishedCert
 from tools.pool.store.sqlite import SqliteStore
 

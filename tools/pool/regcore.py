@@ -50,11 +50,8 @@ from agent.wire.sipsig import SCHEME, SecurityAssociation
 from agent.wire.tlsdsk import TlsDskError, TlsDskServer, gssapi_decode, gssapi_encode
 from tools.pool.regtypes import (
     AOR_MISMATCH,
-    CERT_EXPIRED,
     CERT_UNKNOWN,
-    DATA_STORE_UNAVAILABLE,
     REDIRECT_REASON,
-    REGISTRAR_UNHEALTHY,
     ClientCheck,
     ExpiryPolicy,
     Handled,
@@ -63,21 +60,7 @@ from tools.pool.regtypes import (
     server_sa_lifetime,
 )
 
-__all__ = [
-    "AOR_MISMATCH",
-    "CERT_EXPIRED",
-    "CERT_UNKNOWN",
-    "DATA_STORE_UNAVAILABLE",
-    "REDIRECT_REASON",
-    "REGISTRAR_UNHEALTHY",
-    "ClientCheck",
-    "ExpiryPolicy",
-    "Handled",
-    "Outcome",
-    "RegistrarConnection",
-    "RegistrationEvent",
-    "server_sa_lifetime",
-]
+__all__ = ["RegistrarConnection"]
 
 MAX_PENDING = 2  # handshakes between B and C per connection
 MAX_SAS = 4

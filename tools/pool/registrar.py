@@ -40,14 +40,14 @@ from tools.pool.ca import PoolCA
 from tools.pool.errors import ConfigError, PoolError, StoreUnavailable
 from tools.pool.provlog import ProvisioningLog, ProvRecord
 from tools.pool.regcheck import client_checker
-from tools.pool.regcore import (
+from tools.pool.regcore import RegistrarConnection
+from tools.pool.regtypes import (
     CERT_UNKNOWN,
     DATA_STORE_UNAVAILABLE,
     REGISTRAR_UNHEALTHY,
     ExpiryPolicy,
     Handled,
     Outcome,
-    RegistrarConnection,
     RegistrationEvent,
 )
 from tools.pool.store.contract import Registration, Store
