@@ -5,18 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import certs
 from agent.stages import StageResult
 from agent.trace import Step
 from agent.truststore import TrustStore
-from tools.argtypes import name_addr
+from tools.argtypes import name_addr, port, server_address
 from tools.bootstrap import BootstrapResult, BootstrapTarget, test_bootstrap
 
 PIN_ENV = "PHONEPROV_PIN"
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII
+)
 FIELDS = ("TargetUri", "TargetFqdn", "Result", "Latency", "Error", "Diagnosis")
 
 
@@ -37,9 +42,9 @@ def add_parser(sub: Any) -> None:
     where = b.add_mutually_exclusive_group()
     where.add_argument("--dhcp-server", metavar="ADDR[:PORT]", help="send the INFORM to this server (a lab)")
     where.add_argument("--interface", help="broadcast the INFORM on this interface (needs root)")
-    b.add_argument("--registrar-port", type=int, help="SIP/TLS port when DHCP does not say (default 5061)")
-    b.add_argument("--anon-port", type=int, default=80, help="HTTP port of the anonymous root-chain site")
-    b.add_argument("--ntp-port", type=int, default=123)
+    b.add_argument("--registrar-port", type=port, help="SIP/TLS port when DHCP does not say (default 5061)")
+    b.add_argument("--anon-port", type=port, default=80, help="HTTP port of the anonymous root-chain site")
+    b.add_argument("--ntp-port", type=port, default=123)
     b.add_argument("--resolve", action="append", default=[], metavar="NAME=ADDR", help="like curl --resolve")
     b.add_argument("--roots-dir", type=Path, action="append", default=[], help="extra lab roots (PEM files)")
     b.add_argument("--retry-after", type=float, default=5.0, help="seconds before retrying a 3005/4104")
@@ -48,15 +53,32 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--json", action="store_true", help="one JSON document")
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Usage mistakes are one line and exit 2 before anything is sent (not a stage failure 30 s later)."""
+    if args.target_uri is not None:
+        parts = urlsplit(args.target_uri)
+        if parts.scheme.lower() != "https" or not parts.hostname:
+            raise ValueError(f"--target-uri must be an https:// URL with a host, got {args.target_uri!r}")
+    if args.target_fqdn is not None and not _DNS_NAME.fullmatch(args.target_fqdn.rstrip(".")):
+        raise ValueError(f"--target-fqdn must be a DNS name, got {args.target_fqdn!r}")
+    if not (args.target_uri or args.target_fqdn or args.dhcp_server or args.interface):
+        raise ValueError(
+            "give --target-uri/--target-fqdn, or --dhcp-server or --interface for DHCP discovery"
+        )
+    if not 0 <= args.retry_after <= 3600 or not 0 < args.timeout <= 300:
+        raise ValueError("--retry-after must be 0..3600 seconds and --timeout 0..300 seconds")
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    _check(args)
     target = BootstrapTarget(
         args.phone_or_ext,
         _pin(args.pin),
         args.user_sip_address,
         args.target_uri,
         args.target_fqdn,
-        _address(args.dhcp_server) if args.dhcp_server else None,
+        server_address(args.dhcp_server, "--dhcp-server", 67) if args.dhcp_server else None,
         args.interface,
         args.registrar_port,
         args.anon_port,
@@ -65,10 +87,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         args.timeout,
         args.retry_after,
     )
-    if not (args.target_uri or args.target_fqdn or args.dhcp_server or args.interface):
-        raise ValueError(
-            "give --target-uri/--target-fqdn, or --dhcp-server or --interface for DHCP discovery"
-        )
     trust = TrustStore.from_pem_files(certs.anchor_files(extra_dirs=(certs.ROOTS_DIR, *args.roots_dir)))
     verbose = args.verbose and not args.json
 
@@ -101,24 +119,7 @@ def _print(result: BootstrapResult, as_json: bool, out: TextIO) -> None:
 
 def _pin(given: str | None) -> str:
     """The PIN from the argument, stdin ('-') or the environment — never echoed back."""
-    if given == "-":
-        return sys.stdin.readline().strip()
-    if given:
-        return given
-    if os.environ.get(PIN_ENV):
-        return os.environ[PIN_ENV].strip()
-    raise ValueError(f"give --pin (or '-' to read it from stdin, or set {PIN_ENV})")
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.partition(":")
-    try:
-        return str(_ipv4(host)), int(port) if sep else 67
-    except ValueError:
-        raise ValueError(f"--dhcp-server takes ADDR[:PORT] with an IPv4 address, got {text!r}") from None
-
-
-def _ipv4(text: str) -> object:
-    from ipaddress import IPv4Address
-
-    return IPv4Address(text)
+    pin = sys.stdin.readline().strip() if given == "-" else (given or os.environ.get(PIN_ENV, "")).strip()
+    if not pin:
+        raise ValueError(f"give the PIN: --pin PIN, --pin - (read from stdin) or ${PIN_ENV}")
+    return pin

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ from agent.stages import AgentError
 from boot.config import ConfigError as AgentConfigError
 from hal.errors import HalError
 from tools import bootstrapcmd, demo, logs, poolusers, report, rigcmd
-from tools.argtypes import name_addr
+from tools.argtypes import name_addr, port, server_address
 from tools.pool import config as pool_config
 from tools.pool.errors import PoolError
 
@@ -91,7 +92,7 @@ def _build() -> argparse.ArgumentParser:
         "CertProv URL (option 43, vendor class MS-UC-Client), the registrar (option 120) and time (option 42).",
     )
     dc.add_argument("--web-fqdn", required=True, help="Web Services (CertProv) FQDN")
-    dc.add_argument("--web-port", type=int, default=443)
+    dc.add_argument("--web-port", type=port, default=443)
     dc.add_argument("--certprov-path", default="/CertProv/CertProvisioningService.svc")
     dc.add_argument("--sip-server", required=True, help="registrar / pool FQDN for option 120")
     dc.add_argument("--ntp", action="append", default=[], help="NTP server address (option 42), repeatable")
@@ -132,8 +133,8 @@ def _build() -> argparse.ArgumentParser:
     ca.add_argument(
         "--target-uri", help="CertProv URL (default: https://FQDN/CertProv/CertProvisioningService.svc)"
     )
-    ca.add_argument("--registrar-port", type=int, default=5061)
-    ca.add_argument("--anon-port", type=int, default=80, help="HTTP port of the anonymous root-chain site")
+    ca.add_argument("--registrar-port", type=port, default=5061)
+    ca.add_argument("--anon-port", type=port, default=80, help="HTTP port of the anonymous root-chain site")
     ca.add_argument("--resolve", action="append", default=[], metavar="NAME=ADDR", help="like curl --resolve")
     ca.add_argument("--roots-dir", type=Path, action="append", default=[], help="extra lab roots (PEM files)")
     ca.add_argument("--json", action="store_true")
@@ -191,6 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line for the user; the traceback with PHONEPROV_DEBUG=1
+        if os.environ.get("PHONEPROV_DEBUG"):
+            raise
+        print(
+            f"phoneprov: internal error: {type(exc).__name__}: {exc} (PHONEPROV_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 70  # EX_SOFTWARE
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -279,11 +288,10 @@ def _discover(args: argparse.Namespace) -> int:
             interface=args.interface, tries=args.tries, interval_s=args.interval, vlan=args.vlan
         )
     else:
-        host, _, port = args.server.partition(":")
-        address = str(IPv4Address(host))  # a clear ValueError for anything else
+        address, number = server_address(args.server, "--server", 67)
         cfg = DiscoveryConfig(
             ciaddr=IPv4Address("127.0.0.1") if address.startswith("127.") else None,
-            server=(address, int(port) if port else 67),
+            server=(address, number),
             bind=("0.0.0.0", 0),
             tries=args.tries,
             interval_s=args.interval,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import certs
-from tools.argtypes import name_addr
+from tools.argtypes import name_addr, port
 
 
 def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -51,7 +51,7 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     tp.add_argument("--credential", required=True, help="USER:PASSWORD, or USER with the password on stdin")
     tp.add_argument("--target-uri", required=True, help="the pool's CertProv URL")
     tp.add_argument("--resolve", action="append", default=[], metavar="NAME=ADDR")
-    tp.add_argument("--anon-port", type=int, default=80)
+    tp.add_argument("--anon-port", type=port, default=80)
     tp.add_argument("--roots-dir", type=Path, action="append", default=[])
     tp.add_argument("--timeout", type=float, default=10.0)
     tp.add_argument("--json", action="store_true")

@@ -163,7 +163,11 @@ def test_an_untrusted_pool_is_not_bypassed(lab: Lab) -> None:
     ("extra", "message"),
     [
         (["--dhcp-server", "pool.lab.test"], "--dhcp-server takes ADDR[:PORT]"),
-        (["--resolve", "nonsense"], "--resolve takes NAME=ADDR"),
+        (["--resolve", "nonsense", "--target-fqdn", "pool.lab.test"], "--resolve takes NAME=ADDR"),
+        (["--dhcp-server", "127.0.0.1:70000"], "a port 1..65535"),
+        (["--target-uri", "http://pool.lab.test/x"], "--target-uri must be an https:// URL"),
+        (["--target-fqdn", "bad!name"], "--target-fqdn must be a DNS name"),
+        (["--target-fqdn", "pool.lab.test", "--retry-after", "-1"], "--retry-after must be 0..3600"),
     ],
 )
 def test_bad_arguments_are_one_line(
@@ -179,6 +183,6 @@ def test_no_pin_and_no_target_are_usage_errors(
 ) -> None:
     monkeypatch.delenv("PHONEPROV_PIN", raising=False)
     assert main(["test-bootstrap", "--phone-or-ext", "123", "--target-fqdn", "pool.lab.test"]) == 2
-    assert "give --pin" in capsys.readouterr().err
+    assert "give the PIN" in capsys.readouterr().err
     assert main(["test-bootstrap", "--phone-or-ext", "123", "--pin", "12345"]) == 2
     assert "--dhcp-server or --interface" in capsys.readouterr().err
