@@ -31,6 +31,10 @@ from agent.truststore import TrustStore
 CERTPROV_PATH = "/CertProv/CertProvisioningService.svc"
 # The data store, not the phone: 2099 is what the Web Ticket service answers when it cannot read the user.
 STORE_FAILURES = {("WEB_TICKET", "2099"), ("CERT_PUBLISH", "3005"), ("REGISTER", "4104")}
+PERSISTENT_REMEDY = (
+    "Restore the home pool's data store (the back-end database: is it running and reachable from every node?), "
+    "then run this test again; `phoneprov logs collect` shows 'data store unavailable' on the nodes affected."
+)
 Verdict = Literal["success", "sporadic", "persistent", "failure"]
 EXIT = {"success": 0, "failure": 1, "persistent": 1, "sporadic": 3}
 
@@ -136,12 +140,16 @@ class BootstrapResult:
         if d is None:
             return ""
         gap = f"{self.retry_after_s:g} s apart"
-        note = {
-            "sporadic": f" Sporadic: it failed once and succeeded on a retry {gap}, so a power-cycle gets the "
-            "phone in — but the data store is flapping; check its health.",
-            "persistent": f" Persistent: it failed twice, {gap}; power-cycling will not help.",
-        }.get(self.verdict, "")
-        return f"{d.stage} {d.code}: {d.problem}{note} Remedy: {d.remedy}"
+        if self.verdict == "sporadic":
+            note = (
+                f" Sporadic: it failed once and succeeded on a retry {gap}, so a power-cycle gets the phone in"
+                " — but the data store is flapping; check its health."
+            )
+            return f"{d.stage} {d.code}: {d.problem}{note} Remedy: {d.remedy}"
+        if self.verdict == "persistent":  # the catalogue's remedy starts with the power-cycle: not now
+            note = f" Persistent: it failed twice, {gap}; power-cycling will not help."
+            return f"{d.stage} {d.code}: {d.problem}{note} Remedy: {PERSISTENT_REMEDY}"
+        return f"{d.stage} {d.code}: {d.problem} Remedy: {d.remedy}"
 
     def as_dict(self) -> dict[str, Any]:
         return {

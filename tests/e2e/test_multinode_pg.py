@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.phone import Phone, PhoneConfig, PhoneRun, StoredIdentity
 from agent.stages import Stage, StageResult
@@ -151,3 +152,28 @@ def test_postgres_stopped_mid_sign_in_then_back(
         logged = (lab.logs / "provisioning.log").read_text().splitlines()
         assert sum(1 for e in lines if e["source"] == lab.node.cfg.node) == len(logged)
     assert "data store unavailable" in " ".join(str(e["detail"]) for e in lines)
+
+
+def test_bootstrap_with_postgres_down_is_persistent_and_says_restore(
+    pool: Pool, pg_server: PgServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The database server gone entirely (not just locked): the Web Ticket service cannot read the user."""
+    roots = pool.root / "bootstrap-roots"
+    roots.mkdir()
+    (roots / "lab.pem").write_bytes(pool.fe1.node.ca.root.public_bytes(Encoding.PEM))
+    ports = pool.fe1.node.ports
+    argv = ["test-bootstrap", "--phone-or-ext", ALICE_NUMBER, "--pin", ALICE_PIN, "--dhcp-server",
+            f"127.0.0.1:{ports.dhcp}", "--registrar-port", str(ports.sip), "--anon-port", str(ports.http),
+            "--ntp-port", str(ports.sntp), "--resolve", f"{pool.fe1.node.cfg.fqdn}=127.0.0.1",
+            "--roots-dir", str(roots), "--retry-after", "0.2", "--json"]  # fmt: skip
+    with pg_server.stopped():
+        code = main(argv)
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1 and doc["verdict"] == "persistent", doc
+    assert doc["Diagnosis"].startswith("WEB_TICKET 2099: ")
+    assert (
+        "power-cycling will not help" in doc["Diagnosis"]
+        and "Remedy: Restore the home pool's data store" in doc["Diagnosis"]
+    )
+    assert "Power-cycle" not in doc["Diagnosis"]
+    assert main(argv) == 0  # back: the same transaction succeeds, no node restarted
