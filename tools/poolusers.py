@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
     cfg = pool_config.load(args.config)
     now = datetime.now(UTC)
     verb = args.user_command
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # users may be added before the first serve
     with open_store(cfg.store, timeout_s=cfg.store_timeout_s) as store:
         if verb == "list":
             _print_rows(user_rows(store, now), args.json, out)

@@ -33,10 +33,11 @@ from hal.emulators.relays import (
     NumatoModel,
     PtyEmulator,
 )
+from hal.errors import HalError
 from hal.power.boards import BoardSpec, ManagedSwitch, board_kinds, open_switch
-from hal.power.protocol import cycle
 
-_PHONE_KEYS = {"board", "channel", "serial_number", "usb_path", "port", "off_s", "status_url"}
+_PHONE_KEYS = {"board", "channel", "serial_number", "usb_path", "port", "off_s", "timeout_s", "status_url"}
+_DEFAULT_KEYS = {"off_s", "timeout_s"}  # what [defaults] may set for every phone
 
 
 class RigError(ValueError):
@@ -58,6 +59,10 @@ def load_rig(path: Path) -> dict[str, RigPhone]:
     except tomllib.TOMLDecodeError as exc:
         raise RigError(f"{path}: invalid TOML: {exc}") from None
     defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise RigError(f"{path}: [defaults] must be a table")
+    if set(defaults) - _DEFAULT_KEYS:
+        raise RigError(f"{path}: [defaults]: unknown key {sorted(set(defaults) - _DEFAULT_KEYS)[0]!r}")
     phones = data.get("phones")
     if not isinstance(phones, dict) or not phones:
         raise RigError(f"{path}: no [phones.<name>] tables")
@@ -71,7 +76,7 @@ def _phone(path: Path, name: str, table: Any, defaults: dict[str, Any]) -> RigPh
     unknown = set(table) - _PHONE_KEYS
     if unknown:
         raise RigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    values = {**{k: v for k, v in defaults.items() if k == "off_s"}, **table}
+    values = {**defaults, **table}
     status_url = values.pop("status_url", None)
     if status_url is not None and not (
         isinstance(status_url, str) and status_url.startswith(("http://", "https://"))
@@ -84,7 +89,7 @@ def _phone(path: Path, name: str, table: Any, defaults: dict[str, Any]) -> RigPh
         spec = BoardSpec(kind=values.pop("board"), **values)
     except KeyError:
         raise RigError(f"{where}: board is required") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, HalError) as exc:
         raise RigError(f"{where}: {exc}") from None
     return RigPhone(name, spec, status_url)
 
@@ -113,23 +118,19 @@ def status(
     rows = []
     for name in names or sorted(rig):
         phone = _pick(rig, name)
-        switch = opener(phone.spec)
-        try:
-            power = switch.state()
-        finally:
-            switch.close()
+        row: dict[str, Any] = {"phone": name, "board": phone.spec.kind, "channel": phone.spec.channel}
+        try:  # one missing board must not hide the phones on the others
+            switch = opener(phone.spec)
+            try:
+                power = switch.state()
+            finally:
+                switch.close()
+            row.update(power=power.describe(), knowledge=power.knowledge)
+        except HalError as exc:
+            row.update(power=None, knowledge=None, error=str(exc))
         seen = phone_status(phone.status_url)
-        rows.append(
-            {
-                "phone": name,
-                "board": phone.spec.kind,
-                "channel": phone.spec.channel,
-                "power": power.describe(),
-                "knowledge": power.knowledge,
-                "phone_state": seen.get("state") if seen else None,
-                "stage": seen.get("stage") if seen else None,
-            }
-        )
+        row.update(phone_state=seen.get("state") if seen else None, stage=seen.get("stage") if seen else None)
+        rows.append(row)
     return rows
 
 
@@ -137,11 +138,14 @@ def switch(
     rig: dict[str, RigPhone], name: str, on: bool, opener: Callable[[BoardSpec], ManagedSwitch] = open_switch
 ) -> dict[str, Any]:
     phone = _pick(rig, name)
-    sw = opener(phone.spec)
     try:
-        state = sw.on() if on else sw.off()
-    finally:
-        sw.close()
+        sw = opener(phone.spec)
+        try:
+            state = sw.on() if on else sw.off()
+        finally:
+            sw.close()
+    except HalError as exc:
+        return {"phone": name, "power": None, "error": f"switching {'on' if on else 'off'} failed: {exc}"}
     return {"phone": name, "power": state.describe(), "knowledge": state.knowledge}
 
 
@@ -158,11 +162,27 @@ def power_cycle(
     phone = _pick(rig, name)
     before = phone_status(phone.status_url)
     previous_boot = before.get("boot_started_at") if before else None
-    sw = opener(phone.spec)
+    step = "off"
     try:
-        state = cycle(sw, phone.spec.off_s, sleep)
-    finally:
-        sw.close()
+        sw = opener(phone.spec)
+        try:
+            sw.off()
+            step = "on"
+            sleep(phone.spec.off_s)
+            state = sw.on()
+        finally:
+            sw.close()
+    except HalError as exc:
+        left = (
+            "OFF: the board took 'off' but not 'on'"
+            if step == "on"
+            else "as it was: 'off' did not go through"
+        )
+        return {
+            "phone": name,
+            "power": None,
+            "error": f"power-cycle failed at '{step}' ({exc}); phone left {left}",
+        }
     result: dict[str, Any] = {
         "phone": name,
         "power": state.describe(),
@@ -193,6 +213,7 @@ def emulator(kind: str) -> PtyEmulator:
         "numato": NumatoModel,
         "devantech": DevantechModel,
     }
-    if family not in models or not size.isdigit():
-        raise RigError(f"cannot emulate {kind!r}; try one of lcus-4, kmtronic-8, numato-8, devantech-8")
+    if family not in models or kind not in board_kinds():  # the sizes the real drivers know
+        known = ", ".join(k for k in board_kinds() if k.partition("-")[0] in models)
+        raise RigError(f"cannot emulate {kind!r}; serial boards: {known}")
     return PtyEmulator(models[family](int(size))).start()

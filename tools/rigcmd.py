@@ -90,8 +90,11 @@ def run_rig(args: argparse.Namespace) -> int:
     else:
         for row in out if isinstance(out, list) else [out]:
             print("  ".join(f"{k}={v}" for k, v in row.items() if v is not None))
-    failed = isinstance(out, dict) and "error" in out
-    return 1 if failed else 0
+    rows = out if isinstance(out, list) else [out]
+    for row in rows:
+        if row.get("error"):
+            print(f"phoneprov: {row['phone']}: {row['error']}", file=sys.stderr)
+    return 1 if any(row.get("error") for row in rows) else 0
 
 
 def run_tether(args: argparse.Namespace) -> int:

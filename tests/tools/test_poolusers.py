@@ -122,3 +122,15 @@ def test_refusals_are_one_line(
     assert stdin.strip() == "" or stdin.strip() not in err
     with open_store(store_url(pool_toml)) as store:
         assert store.pin_record(ALICE) == record  # nothing already stored is lost or changed
+
+
+def test_users_can_be_added_before_the_pool_ever_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's order: `pool user add` first, on a state_dir that does not exist yet (default store)."""
+    toml = tmp_path / "pool.toml"
+    toml.write_text(f'[pool]\nstate_dir = "{tmp_path / "fresh" / "pool"}"\n')
+    code, out, err = user(toml, "add", "--sip", ALICE, "--line", "tel:+14255550123;ext=123", stdin=PIN,
+                          capsys=capsys, monkeypatch=monkeypatch)  # fmt: skip
+    assert code == 0 and out == f"added {ALICE}\n", err
+    assert (tmp_path / "fresh" / "pool").stat().st_mode & 0o777 == 0o700

@@ -13,6 +13,7 @@ import pytest
 
 from hal.emulators.relays import KmtronicModel, LcusModel, PtyEmulator
 from tools.cli import main
+from tools.rig import load_rig, power_cycle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,7 +121,18 @@ def test_unplugged_board_is_a_one_line_error(
     kmt.unplug()
     assert main(["rig", "off", "desk-2", "--rig", rig]) == 1
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "error" in err
+    assert len(err.strip().splitlines()) == 1 and "desk-2: switching off failed" in err
+    # status still reports the phone whose board is there; the missing one says why, on its own row
+    assert main(["rig", "status", "--rig", rig, "--json"]) == 1
+    rows = {r["phone"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["desk-1"]["power"] in ("on", "off") and "error" not in rows["desk-1"]
+    assert rows["desk-2"]["power"] is None and "cannot open the port" in rows["desk-2"]["error"]
+    assert main(["rig", "cycle", "desk-2", "--rig", rig, "--wait", "0", "--json"]) == 1
+    cycled = json.loads(capsys.readouterr().out)
+    assert (
+        cycled["error"].startswith("power-cycle failed at 'off'")
+        and "phone left as it was" in cycled["error"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,6 +142,10 @@ def test_unplugged_board_is_a_one_line_error(
         "nonsense",
         "[phones.x]\nboard = 'lcus-4'\nchannel = 1\nwat = 2\n",
         "[phones.x]\nboard = 'lcus'\nchannel = 1\nport = '/dev/null'\n",
+        "defaults = 5\n[phones.x]\nboard = 'lcus-4'\nchannel = 1\nport = '/dev/null'\n",
+        "[defaults]\nwat = 1\n[phones.x]\nboard = 'lcus-4'\nchannel = 1\nport = '/dev/null'\n",
+        "[phones.x]\nboard = 'lcus-4'\nchannel = 1\nport = '/dev/null'\noff_s = 'long'\n",
+        "[phones.x]\nboard = 'lcus-4'\nchannel = 1\nport = '/dev/null'\noff_s = 9999\n",
     ],
 )
 def test_bad_rig_files_are_one_line(text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,3 +156,13 @@ def test_bad_rig_files_are_one_line(text: str, tmp_path: Path, capsys: pytest.Ca
     assert len(err.strip().splitlines()) == 1
     if "'lcus'" in text:
         assert "unknown board 'lcus'; known: " in err
+
+
+def test_a_board_lost_during_the_off_time_says_the_phone_is_left_off(
+    boards: tuple[PtyEmulator, PtyEmulator], tmp_path: Path
+) -> None:
+    lcus, kmt = boards
+    phones = load_rig(rig_file(tmp_path, lcus, kmt))
+    out = power_cycle(phones, "desk-2", sleep=lambda _s: kmt.unplug())
+    assert out["power"] is None and out["error"].startswith("power-cycle failed at 'on'")
+    assert "phone left OFF" in out["error"]
