@@ -31,10 +31,11 @@ class PinAuthError(PoolError):
     """A refused PIN sign-in: ``code`` is the ErrorId, ``reason`` the Reason name of §6.5 (all the phone is
     told — the detail, which says *why*, is for the pool's log only, so numbers cannot be enumerated)."""
 
-    def __init__(self, fault: TicketFaultCode, detail: str) -> None:
+    def __init__(self, fault: TicketFaultCode, detail: str, users: tuple[str, ...] = ()) -> None:
         super().__init__(int(fault), detail, Stage.WEB_TICKET)
         self.fault = fault
         self.reason = fault.reason_name
+        self.users = users  # SIP URIs the typed number named: the pool's log files the failure under them
 
 
 @dataclass(frozen=True)
@@ -175,17 +176,26 @@ def authenticate(
         verify_pin(pin, DUMMY_HASH)
         raise PinAuthError(TicketFaultCode.PIN_INVALID, f"no user has number or extension {username!r}")
     with _serialised(candidates):
-        user, record = _check_pin(store, policy, candidates, username, pin, at)
+        try:
+            user, record = _check_pin(store, policy, candidates, username, pin, at)
+        except PinAuthError as exc:
+            exc.users = tuple(u.sip_uri for u in candidates)
+            raise
     if policy.expired(record, at):  # 4
-        raise PinAuthError(TicketFaultCode.PIN_EXPIRED, f"the PIN of {user.sip_uri} has expired")
+        raise PinAuthError(
+            TicketFaultCode.PIN_EXPIRED, f"the PIN of {user.sip_uri} has expired", (user.sip_uri,)
+        )
     if not user.enabled or not user.pin_auth_enabled:
         raise PinAuthError(
-            TicketFaultCode.PIN_AUTH_DISABLED, f"PIN authentication is disabled for {user.sip_uri}"
+            TicketFaultCode.PIN_AUTH_DISABLED,
+            f"PIN authentication is disabled for {user.sip_uri}",
+            (user.sip_uri,),
         )
     if claims_uri is not None and user_key(claims_uri) != user.key:  # 5
         raise PinAuthError(
             TicketFaultCode.CLAIM_MISMATCH,
             f"claimed SIP URI {claims_uri!r} does not match the credentials' user",
+            (user.sip_uri,),
         )
     return user
 

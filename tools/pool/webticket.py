@@ -55,8 +55,12 @@ class WebTicketService:
         at = self.now()
         try:
             user = authenticate(self.store, self.policy, rst.username, rst.password, rst.claims_uri, at)
-        except PinAuthError as exc:
-            return self._fault(exc.fault, exc.detail, rst.username)
+        except (
+            PinAuthError
+        ) as exc:  # filed under the user(s) the number named, so `logs collect --user` finds it
+            who = exc.users[0] if len(exc.users) == 1 else rst.username
+            typed = f" (typed {rst.username!r})" if who != rst.username else ""
+            return self._fault(exc.fault, exc.detail + typed, who)
         except PoolError as exc:  # StoreUnavailable and other store refusals
             return self._fault(TicketFaultCode.INTERNAL, exc.detail, rst.username)
         return self._issue(rst, user.sip_uri, at)
