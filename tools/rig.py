@@ -11,6 +11,7 @@ board = "lcus-4"                # lcus-N | kmtronic-N | numato-N | devantech-N |
 channel = 2
 serial_number = "A7B3C9"        # or usb_path = "1-1.2" (boards without a serial) or port = "/dev/serial/by-path/…"
 status_url = "http://192.0.2.57:8765/status"   # the phone's status endpoint: cycle waits for SIGNED_IN
+                                # (the phone's agent.toml [status] listen must then not be loopback-only)
 ```
 """
 
