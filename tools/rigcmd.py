@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import certs
-from tools.argtypes import name_addr, port
+from tools.argtypes import name_addr, port, server_address
 
 
 def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -36,6 +36,15 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
             )
     em = rsub.add_parser("emulate", help="run a byte-exact emulated board on a pty and print its tty")
     em.add_argument("board", help="lcus-4, kmtronic-8, numato-8, devantech-8, …")
+    sv = rsub.add_parser(
+        "serve",
+        help="HTTP: phones POST /phones/<name>/cycle to be power-cycled (agent.toml rig_power_cycle_url)",
+    )
+    sv.add_argument("--rig", type=Path, default=Path("/etc/phoneprov/rig.toml"))
+    sv.add_argument("--listen", default="127.0.0.1:8080", help="ADDR:PORT (the lab address, for phones)")
+    sv.add_argument(
+        "--cooldown", type=float, default=120.0, help="at most one cycle per phone this often (s)"
+    )
 
     te = sub.add_parser(
         "tether",
@@ -75,6 +84,8 @@ def run_rig(args: argparse.Namespace) -> int:
         finally:
             emu.stop()
     phones = rig.load_rig(args.rig)
+    if args.rig_command == "serve":
+        return _serve(phones, args.listen, args.cooldown)
     try:
         if args.rig_command == "status":
             out: Any = rig.status(phones, list(args.phone))
@@ -120,3 +131,22 @@ def run_tether(args: argparse.Namespace) -> int:
         phone_serial=args.serial,
         timeout_s=args.timeout,
     )
+
+
+def _serve(phones: dict[str, Any], listen: str, cooldown_s: float) -> int:
+    from tools.rigserve import RigService, serve
+
+    if not 0 <= cooldown_s <= 86400:
+        raise ValueError("--cooldown must be 0..86400 seconds")
+    server = serve(RigService(phones, cooldown_s), server_address(listen, "--listen", 8080))
+    host, bound = str(server.server_address[0]), int(server.server_address[1])
+    print(
+        f"rig: {len(phones)} phones; POST http://{host}:{bound}/phones/<name>/cycle (Ctrl-C to stop)",
+        flush=True,
+    )
+    try:
+        threading.Event().wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0

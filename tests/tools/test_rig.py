@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -166,3 +169,42 @@ def test_a_board_lost_during_the_off_time_says_the_phone_is_left_off(
     out = power_cycle(phones, "desk-2", sleep=lambda _s: kmt.unplug())
     assert out["power"] is None and out["error"].startswith("power-cycle failed at 'on'")
     assert "phone left OFF" in out["error"]
+
+
+def test_a_phone_asks_the_rig_to_power_cycle_it(
+    boards: tuple[PtyEmulator, PtyEmulator], tmp_path: Path
+) -> None:
+    """The phone's own hook (tools.bootcmd._rig_hook, agent.toml rig_power_cycle_url) against `rig serve`."""
+    from tools.bootcmd import _rig_hook
+    from tools.rigserve import RigService, serve
+
+    lcus, kmt = boards
+    phones = load_rig(rig_file(tmp_path, lcus, kmt))
+    assert main(["rig", "on", "desk-1", "--rig", str(rig_file(tmp_path, lcus, kmt))]) == 0
+    server = serve(RigService(phones, cooldown_s=60), ("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        hook = _rig_hook(f"{base}/phones/desk-1/cycle")
+        assert hook is not None
+        hook()  # the phone POSTs, gets 202 before its power goes
+        assert lcus.wait_for(lambda r: not r[1], timeout=5)  # relay 2 opens …
+        assert lcus.wait_for(lambda r: r[1], timeout=5)  # … and closes again after off_s
+        again = urllib.request.Request(f"{base}/phones/desk-1/cycle", data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(again, timeout=5)
+        assert refused.value.code == 429  # a phone in a loop cannot flap its relay
+        unknown = urllib.request.Request(f"{base}/phones/nobody/cycle", data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(unknown, timeout=5)
+        assert missing.value.code == 404
+        deadline = time.monotonic() + 5
+        while True:  # the cycle's result is recorded just after the relay closes
+            with urllib.request.urlopen(f"{base}/phones", timeout=5) as resp:
+                rows = {r["phone"]: r for r in json.loads(resp.read())}
+            if rows["desk-1"]["last_cycle"] is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert rows["desk-1"]["power"] == "on" and rows["desk-1"]["last_cycle"]["power"] == "on"
+    finally:
+        server.shutdown()
+        server.server_close()
