@@ -34,6 +34,7 @@ IO_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, t
 OPEN_ERRORS: tuple[type[BaseException], ...] = (*IO_ERRORS, ValueError)
 _T = TypeVar("_T")
 UNPLUGGED = "is the board plugged in, and is the user in group dialout?"
+BUSY_WAIT_S = 15.0  # longer than a power cycle's off time (3 s by default), which holds the board
 
 
 class PortInfo(Protocol):
@@ -116,6 +117,7 @@ class SerialBoard:
         timeout_s: float = 1.0,
         opener: Callable[..., Any] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        busy_wait_s: float = BUSY_WAIT_S,
     ) -> None:
         self.codec, self.path, self.timeout_s = codec, path, timeout_s
         self.name = f"{codec.kind} at {path}"
@@ -124,12 +126,34 @@ class SerialBoard:
         self._monotonic = monotonic
         self._synced = False
         self._closed = False
-        try:
-            self._port: Any = (opener or serial.Serial)(
-                path, baudrate=BAUDRATE, timeout=timeout_s, write_timeout=timeout_s, exclusive=True
-            )
-        except OPEN_ERRORS as exc:
-            raise HalError(self.name, "OPEN_FAILED", f"cannot open the port: {exc}", UNPLUGGED) from exc
+        self._port: Any = self._open(opener or serial.Serial, busy_wait_s)
+
+    def _open(self, opener: Callable[..., Any], busy_wait_s: float) -> Any:
+        """Open with an exclusive lock; while another process (another ``phoneprov rig`` command in the middle
+        of a power cycle) holds the board, wait for it up to ``busy_wait_s`` instead of failing at once."""
+        deadline = self._monotonic() + busy_wait_s
+        while True:
+            try:
+                return opener(
+                    self.path,
+                    baudrate=BAUDRATE,
+                    timeout=self.timeout_s,
+                    write_timeout=self.timeout_s,
+                    exclusive=True,
+                )
+            except OPEN_ERRORS as exc:
+                if "exclusively lock" not in str(exc):
+                    raise HalError(
+                        self.name, "OPEN_FAILED", f"cannot open the port: {exc}", UNPLUGGED
+                    ) from exc
+                if self._monotonic() >= deadline:
+                    raise HalError(
+                        self.name,
+                        "BUSY",
+                        f"another process has held the board for more than {busy_wait_s:g} s",
+                        "another phoneprov rig command (or a terminal program) has the port open",
+                    ) from exc
+            time.sleep(0.05)
 
     def switch(self, channel: int, on: bool) -> PowerState:
         """Switch one relay and read it back where the board can tell; a relay that did not move is an error.

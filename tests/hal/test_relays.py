@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -513,3 +514,22 @@ def test_gpio_without_gpiod_v2_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
 def test_hexstr_is_short_and_readable() -> None:
     assert hexstr(b"") == "nothing" and hexstr(b"\xa0\x01") == "A0 01"
     assert hexstr(bytes(100)).endswith("… (100 bytes)")
+
+
+def test_a_board_held_by_another_process_is_waited_for_then_busy() -> None:
+    """pyserial's exclusive lock is flock(2): a second open of the port — another `phoneprov rig` command —
+    waits while the first holds the board (a power cycle's off time), and says BUSY after its deadline."""
+    with PtyEmulator(LcusModel(4)) as emu:
+        holder = serialboard.SerialBoard(LcusCodec(4), emu.port)
+        try:
+            with pytest.raises(HalError) as busy:
+                serialboard.SerialBoard(LcusCodec(4), emu.port, busy_wait_s=0.2)
+            assert busy.value.code == "BUSY" and "more than 0.2 s" in str(busy.value)
+            threading.Timer(0.3, holder.close).start()
+            started = time.monotonic()
+            waiter = serialboard.SerialBoard(LcusCodec(4), emu.port, busy_wait_s=5)
+            assert 0.2 < time.monotonic() - started < 5  # it waited for the holder, then got the board
+            assert waiter.switch(2, True).on
+            waiter.close()
+        finally:
+            holder.close()
