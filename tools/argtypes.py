@@ -30,3 +30,11 @@ def server_address(text: str, option: str, default_port: int) -> tuple[str, int]
         raise ValueError(
             f"{option} takes ADDR[:PORT] with an IPv4 address and a port 1..65535, got {text!r}"
         ) from None
+
+
+def usb_id(text: str) -> int:
+    """An argparse type: a USB vendor or product id in hex (``1d6b`` or ``0x1d6b``)."""
+    value = int(text, 16)
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"USB id {text!r} is outside 0000..ffff")
+    return value

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import certs
-from tools.argtypes import name_addr, port, server_address
+from hal.tether.host import LAB_MANUFACTURER, LAB_PID, LAB_VID
+from tools.argtypes import name_addr, port, server_address, usb_id
 
 
 def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -56,6 +57,15 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     tp = tsub.add_parser("provision", help="PC side: provision the attached phone")
     tp.add_argument("--port", help="serial port or pyserial URL (default: the phoneprov phone found on USB)")
     tp.add_argument("--serial", help="the phone's USB serial number, when several are attached")
+    tp.add_argument(
+        "--vid", type=usb_id, default=LAB_VID, help="the gadget's USB vendor id (hex, default 1d6b)"
+    )
+    tp.add_argument(
+        "--pid", type=usb_id, default=LAB_PID, help="the gadget's USB product id (hex, default 0104)"
+    )
+    tp.add_argument(
+        "--manufacturer", default=LAB_MANUFACTURER, help="the gadget's manufacturer string ('' to match any)"
+    )
     tp.add_argument("--user-sip-address", required=True)
     tp.add_argument("--credential", required=True, help="USER:PASSWORD, or USER with the password on stdin")
     tp.add_argument("--target-uri", required=True, help="the pool's CertProv URL")
@@ -130,6 +140,7 @@ def run_tether(args: argparse.Namespace) -> int:
         args.json,
         phone_serial=args.serial,
         timeout_s=args.timeout,
+        usb=(args.vid, args.pid, args.manufacturer or None),
     )
 
 

@@ -18,7 +18,15 @@ from agent.net import Resolver
 from agent.stages import AgentError, StageResult
 from agent.truststore import TrustStore
 from hal.errors import HalError
-from hal.tether.host import ProvisionResult, TetherStep, find_phone, provision
+from hal.tether.host import (
+    LAB_MANUFACTURER,
+    LAB_PID,
+    LAB_VID,
+    ProvisionResult,
+    TetherStep,
+    find_phone,
+    provision,
+)
 from hal.tether.link import SerialLink
 
 
@@ -34,13 +42,14 @@ def tether_provision(
     *,
     phone_serial: str | None = None,
     timeout_s: float = 10.0,
+    usb: tuple[int, int, str | None] = (LAB_VID, LAB_PID, LAB_MANUFACTURER),
     out: TextIO | None = None,
 ) -> int:
     """Provision the phone on ``port_or_url`` (default: the one phone found on USB, or the one with
     ``phone_serial``) for ``user_sip_address`` with ``credential`` = (user, password)."""
     out = out or sys.stdout
     try:
-        port = port_or_url or find_phone(serial=phone_serial)
+        port = port_or_url or find_phone(usb[0], usb[1], phone_serial, manufacturer=usb[2])
         trust = TrustStore.from_pem_files(certs.anchor_files(extra_dirs=(certs.ROOTS_DIR, *roots_dirs)))
         link = SerialLink.open(port)
     except (HalError, AgentError, OSError) as exc:

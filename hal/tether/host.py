@@ -49,6 +49,7 @@ POOL_STAGES = (Stage.ROOT_CHAIN, Stage.WEB_TICKET, Stage.CERT_REQUEST, Stage.CER
 STEPS = ("HELLO", "CSR", "INSTALL")
 HELLO_TRIES = 3
 LAB_VID, LAB_PID = 0x1D6B, 0x0104
+LAB_MANUFACTURER = "phoneprov"  # boot/usb-gadget.sh's default (PHONEPROV_USB_MANUFACTURER)
 
 # code → (problem, remedy); stage CERT_REQUEST (the phone's part of it runs over the cable).
 _TETHER: dict[str, tuple[str, str]] = {
@@ -144,14 +145,22 @@ def find_phone(
     pid: int = LAB_PID,
     serial: str | None = None,
     *,
+    manufacturer: str | None = LAB_MANUFACTURER,
     comports: Callable[[], Iterable[Any]] | None = None,
 ) -> str:
-    """The device path of the one phone plugged in (by VID:PID and, when given, serial number)."""
+    """The device path of the one phone plugged in: VID:PID, the gadget's manufacturer string (1d6b:0104 is a
+    generic Linux Foundation id that other gadgets use too) and, when given, its serial number."""
     ports = list((comports or serial_ports)())
     found = [
-        p for p in ports if p.vid == vid and p.pid == pid and (serial is None or p.serial_number == serial)
+        p
+        for p in ports
+        if p.vid == vid
+        and p.pid == pid
+        and (manufacturer is None or getattr(p, "manufacturer", None) == manufacturer)
+        and (serial is None or p.serial_number == serial)
     ]
-    wanted = f"{vid:04x}:{pid:04x}" + (f" with serial {serial}" if serial else "")
+    wanted = f"{vid:04x}:{pid:04x}" + (f" from {manufacturer!r}" if manufacturer else "")
+    wanted += f" with serial {serial}" if serial else ""
     if not found:
         raise HalError("usb", "NO_PHONE", f"no phone {wanted} on USB", "Plug the phone in (its USB-C port).")
     if len(found) > 1:

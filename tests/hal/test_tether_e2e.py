@@ -434,8 +434,10 @@ def test_the_phone_serial_is_read_like_the_gadget_script(tmp_path: Path) -> None
 # -- find_phone ------------------------------------------------------------------------------------------
 
 
-def _port(device: str, vid: int | None, pid: int | None, serial: str | None) -> SimpleNamespace:
-    return SimpleNamespace(device=device, vid=vid, pid=pid, serial_number=serial)
+def _port(
+    device: str, vid: int | None, pid: int | None, serial: str | None, maker: str | None = "phoneprov"
+) -> SimpleNamespace:
+    return SimpleNamespace(device=device, vid=vid, pid=pid, serial_number=serial, manufacturer=maker)
 
 
 def test_find_phone_by_vid_pid_and_serial() -> None:
@@ -443,13 +445,21 @@ def test_find_phone_by_vid_pid_and_serial() -> None:
         _port("/dev/ttyUSB0", 0x1A86, 0x7523, None),  # a relay board
         _port("/dev/ttyACM0", 0x1D6B, 0x0104, "100000001"),
         _port("/dev/ttyACM1", 0x1D6B, 0x0104, "100000002"),
+        _port("/dev/ttyACM2", 0x1D6B, 0x0104, "100000003", "Linux Foundation"),  # somebody else's gadget
     ]
     assert find_phone(serial="100000002", comports=lambda: ports) == "/dev/ttyACM1"
-    with pytest.raises(HalError, match="2 phones 1d6b:0104 on USB \\(100000001, 100000002\\)") as err:
+    with pytest.raises(
+        HalError, match="2 phones 1d6b:0104 from 'phoneprov' on USB \\(100000001, 100000002\\)"
+    ) as err:
         find_phone(comports=lambda: ports)
     assert err.value.code == "AMBIGUOUS"
-    with pytest.raises(HalError, match="no phone 1d6b:0104 with serial 9 on USB"):
+    with pytest.raises(HalError, match="no phone 1d6b:0104 from 'phoneprov' with serial 9 on USB"):
         find_phone(serial="9", comports=lambda: ports)
+    assert find_phone(serial="100000003", manufacturer=None, comports=lambda: ports) == "/dev/ttyACM2"
+    assert (
+        find_phone(0x1209, 0x0001, manufacturer=None, comports=lambda: [_port("/dev/x", 0x1209, 1, "s")])
+        == "/dev/x"
+    )
 
 
 # -- link conformance: the pty pair and the memory pair behave alike -------------------------------------
