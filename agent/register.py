@@ -73,7 +73,7 @@ class _Link:
 
     def send(self, msg: SipMessage, deadline: float) -> None:
         if trace.active():
-            trace.emit(Stage.REGISTER, "sent", self._peer, _sip_summary(msg), len(msg.body))
+            trace.emit(Stage.REGISTER, "sent", self._peer, _sip_summary(msg), len(msg.body) or None)
         try:
             self.channel.send(encode(msg), self._left(deadline))
         except TimeoutError:
@@ -98,7 +98,7 @@ class _Link:
                 raise failed("MALFORMED", f"{self._peer}: {exc.detail}") from None
         msg = self._queue.pop(0)
         if trace.active():
-            trace.emit(Stage.REGISTER, "received", self._peer, _sip_summary(msg), len(msg.body))
+            trace.emit(Stage.REGISTER, "received", self._peer, _sip_summary(msg), len(msg.body) or None)
         return msg
 
     def exchange(self, flow: RegisterFlow, first: SipMessage, clock: Clock) -> Registered | Redirect:
