@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,13 +14,12 @@ import certs
 from agent.stages import StageResult
 from agent.trace import Step
 from agent.truststore import TrustStore
+from boot.configtable import dns_name
 from tools.argtypes import name_addr, port, server_address
 from tools.bootstrap import BootstrapResult, BootstrapTarget, test_bootstrap
+from tools.report import stage_line
 
 PIN_ENV = "PHONEPROV_PIN"
-_DNS_NAME = re.compile(
-    r"(?=.{1,253}$)((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII
-)
 FIELDS = ("TargetUri", "TargetFqdn", "Result", "Latency", "Error", "Diagnosis")
 
 
@@ -59,7 +57,7 @@ def _check(args: argparse.Namespace) -> None:
         parts = urlsplit(args.target_uri)
         if parts.scheme.lower() != "https" or not parts.hostname:
             raise ValueError(f"--target-uri must be an https:// URL with a host, got {args.target_uri!r}")
-    if args.target_fqdn is not None and not _DNS_NAME.fullmatch(args.target_fqdn.rstrip(".")):
+    if args.target_fqdn is not None and not dns_name(args.target_fqdn):
         raise ValueError(f"--target-fqdn must be a DNS name, got {args.target_fqdn!r}")
     if not (args.target_uri or args.target_fqdn or args.dhcp_server or args.interface):
         raise ValueError(
@@ -91,12 +89,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     verbose = args.verbose and not args.json
 
     def stage(r: StageResult) -> None:
-        code = r.code or ""
-        print(
-            f"  {r.stage.value:<13} {r.result:<7} {r.ms:>8.1f} ms  {code:<17} {r.detail}",
-            file=out,
-            flush=True,
-        )
+        print(stage_line(r), file=out, flush=True)
 
     def step(s: Step) -> None:
         print(f"      {s.line()}", file=out, flush=True)

@@ -36,6 +36,7 @@ from hal.emulators.relays import (
 )
 from hal.errors import HalError
 from hal.power.boards import BoardSpec, ManagedSwitch, board_kinds, open_switch
+from hal.power.protocol import LEFT_OFF, cycle
 
 _PHONE_KEYS = {"board", "channel", "serial_number", "usb_path", "port", "off_s", "timeout_s", "status_url"}
 _DEFAULT_KEYS = {"off_s", "timeout_s"}  # what [defaults] may set for every phone
@@ -163,17 +164,14 @@ def power_cycle(
     phone = _pick(rig, name)
     before = phone_status(phone.status_url)
     previous_boot = before.get("boot_started_at") if before else None
-    step = "off"
     try:
         sw = opener(phone.spec)
         try:
-            sw.off()
-            step = "on"
-            sleep(phone.spec.off_s)
-            state = sw.on()
+            state = cycle(sw, phone.spec.off_s, sleep)
         finally:
             sw.close()
     except HalError as exc:
+        step = "on" if exc.code == LEFT_OFF else "off"
         left = (
             "OFF: the board took 'off' but not 'on'"
             if step == "on"

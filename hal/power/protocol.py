@@ -10,6 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from hal.errors import HalError
+
+LEFT_OFF = "LEFT_OFF"  # a cycle whose off went through and whose on did not
+
 Knowledge = Literal["observed", "commanded", "unknown"]
 
 
@@ -36,7 +40,12 @@ class PowerSwitch(Protocol):
 
 
 def cycle(switch: PowerSwitch, off_s: float, sleep: Callable[[float], None]) -> PowerState:
-    """Off, wait ``off_s`` (injected sleep: tests do not wait), on. The state after switching on."""
+    """Off, wait ``off_s`` (injected sleep: tests do not wait), on. The state after switching on.
+
+    A failure of the 'on' is ``LEFT_OFF``: the phone is now without power, which its operator must hear."""
     switch.off()
     sleep(off_s)
-    return switch.on()
+    try:
+        return switch.on()
+    except HalError as exc:
+        raise HalError(exc.device, LEFT_OFF, f"{exc.detail} (after switching off)", exc.remedy) from exc
